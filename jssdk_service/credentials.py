@@ -1,0 +1,287 @@
+"""The credential store: the only code that knows how tokens and tickets are cached and refreshed.
+
+Per account it keeps the current jsapi_ticket in memory, so a warm signature never waits on
+anything, and behind it the shared cache (memory or Redis) where every process finds the newest
+token and ticket. A background task refreshes the ticket ahead of expiry; a request that finds
+nothing usable starts the same refresh lazily. Either way one refresh runs at a time per account
+(single-flight): however many requests arrive at a cold cache, one token call and one ticket call
+go upstream. A failed refresh keeps serving the ticket it has while that is still valid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from jssdk_service.cache import SharedCache
+from jssdk_service.config import Account
+from jssdk_service.errors import (
+    QuotaExhausted,
+    RateLimited,
+    TokenInvalid,
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
+from jssdk_service.tokens import AccessToken, JsapiTicket
+from jssdk_service.wechat import WeChatClient
+
+log = logging.getLogger("jssdk_service.credentials")
+
+# Negative caching: a rejected configuration is retried on a slow, growing schedule.
+REJECTED_RETRY = (30.0, 900.0)
+# A failure with nothing usable left blocks new upstream attempts briefly, growing to a cap.
+UNAVAILABLE_RETRY = (1.0, 30.0)
+# WeChat's daily quotas reset at midnight China Standard Time.
+_CHINA_UTC_OFFSET = 8 * 3600
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AccountStatus:
+    """What /readyz and the admin API say about one account; never a credential value."""
+
+    name: str
+    app_id: str
+    ready: bool
+    reason: str
+    ticket_expires_in: float | None
+    token_expires_in: float | None
+    last_refresh: float | None
+    last_error: str | None
+    errcode: int | None
+
+
+class AccountCredentials:
+    """The token and ticket of one account, refreshed ahead of expiry, one refresh at a time."""
+
+    def __init__(
+        self,
+        account: Account,
+        client: WeChatClient,
+        cache: SharedCache,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.account = account
+        self._client = client
+        self._cache = cache
+        self._clock = clock
+        self._ticket: JsapiTicket | None = None
+        self._token: AccessToken | None = None
+        self._flight: asyncio.Task[JsapiTicket] | None = None
+        self._last_refresh: float | None = None
+        self._error: UpstreamError | None = None
+        self._blocked_until = 0.0
+        self._failures = 0
+        self._ticket_key = f"{account.app_id}:ticket"
+        self._token_key = f"{account.app_id}:token:{account.token_api}"
+
+    def __repr__(self) -> str:
+        return f"AccountCredentials(app={self.account.name!r})"
+
+    def usable_ticket(self, now: float) -> JsapiTicket | None:
+        """The hot path: the in-memory ticket if it may sign now; starts a background refresh when due."""
+        ticket = self._ticket
+        if ticket is None or not ticket.usable(now):
+            return None
+        if not ticket.fresh(now) and self._flight is None and now >= self._blocked_until:
+            self._start_refresh()
+        return ticket
+
+    async def ticket(self) -> JsapiTicket:
+        """A ticket that may sign now, waiting for the (single) refresh if there is none."""
+        ticket = self.usable_ticket(self._clock())
+        if ticket is not None:
+            return ticket
+        return await self.refresh()
+
+    async def refresh(self) -> JsapiTicket:
+        """Join the running refresh or start one; raise the upstream error when it fails."""
+        flight = self._flight
+        if flight is None:
+            if self._clock() < self._blocked_until and self._error is not None:
+                raise self._error
+            flight = self._start_refresh()
+        return await asyncio.shield(flight)
+
+    def _start_refresh(self) -> asyncio.Task[JsapiTicket]:
+        flight = asyncio.get_running_loop().create_task(self._refresh_ticket())
+        self._flight = flight
+        flight.add_done_callback(self._landed)
+        return flight
+
+    def _landed(self, flight: asyncio.Task[JsapiTicket]) -> None:
+        self._flight = None
+        if not flight.cancelled():
+            flight.exception()  # the error is kept in self._error; this only marks it retrieved
+
+    async def _refresh_ticket(self) -> JsapiTicket:
+        try:
+            ticket = await self._shared_or_new_ticket()
+        except UpstreamError as exc:
+            self._record_failure(exc)
+            raise
+        self._ticket = ticket
+        self._last_refresh = self._clock()
+        if self._error is not None:
+            log.info("app=%s credentials recovered", self.account.name)
+        self._error, self._failures, self._blocked_until = None, 0, 0.0
+        return ticket
+
+    async def _shared_or_new_ticket(self) -> JsapiTicket:
+        record = await self._cache.get(self._ticket_key)
+        if record is not None:
+            shared = JsapiTicket.from_record(record)
+            if shared.fresh(self._clock()):
+                return shared
+        token = await self._fresh_token()
+        try:
+            ticket = await self._client.fetch_ticket(app_id=self.account.app_id, token=token)
+        except TokenInvalid as exc:
+            # The token died upstream (knocked out, or expired early): replace it and retry once.
+            log.warning("app=%s token %s refused by getticket (errcode %s); fetching a new one",
+                        self.account.name, token.fingerprint, exc.errcode)  # fmt: skip
+            await self._drop_token(token)
+            token = await self._fresh_token()
+            try:
+                ticket = await self._client.fetch_ticket(app_id=self.account.app_id, token=token)
+            except TokenInvalid as again:
+                raise UpstreamUnavailable(
+                    f"a new access_token was refused too (errcode {again.errcode})", app_id=self.account.app_id
+                ) from None
+        await self._cache.set(self._ticket_key, ticket.to_record(), ticket.expires_at - self._clock())
+        log.info("app=%s jsapi_ticket %s refreshed, expires_in=%ds",
+                 self.account.name, ticket.fingerprint, ticket.expires_in)  # fmt: skip
+        return ticket
+
+    async def _fresh_token(self) -> AccessToken:
+        now = self._clock()
+        if self._token is not None and self._token.fresh(now):
+            return self._token
+        record = await self._cache.get(self._token_key)
+        if record is not None:
+            shared = AccessToken.from_record(record)
+            if shared.fresh(now):
+                self._token = shared
+                return shared
+        account = self.account
+        token = await self._client.fetch_token(
+            app_id=account.app_id, secret=account.secret.reveal(), api=account.token_api
+        )
+        await self._cache.set(self._token_key, token.to_record(), token.expires_at - self._clock())
+        self._token = token
+        log.info("app=%s access_token %s refreshed (%s), expires_in=%ds",
+                 account.name, token.fingerprint, account.token_api, token.expires_in)  # fmt: skip
+        return token
+
+    async def _drop_token(self, failed: AccessToken) -> None:
+        """Forget `failed` here and in the shared cache, but only if it is still the current one."""
+        if self._token is not None and self._token.value == failed.value:
+            self._token = None
+        await self._cache.delete_if_value(self._token_key, failed.value)
+
+    def _record_failure(self, exc: UpstreamError) -> None:
+        now = self._clock()
+        first = self._error is None or type(self._error) is not type(exc) or str(self._error) != str(exc)
+        self._error = exc
+        self._failures += 1
+        if isinstance(exc, QuotaExhausted):
+            self._blocked_until = _next_china_midnight(now)
+        elif isinstance(exc, RateLimited):
+            self._blocked_until = (now // 60 + 1) * 60
+        elif isinstance(exc, UpstreamRejected):
+            self._blocked_until = now + _backoff(REJECTED_RETRY, self._failures)
+        else:
+            self._blocked_until = now + _backoff(UNAVAILABLE_RETRY, self._failures)
+        if first:
+            ticket = self._ticket
+            serving = "still serving the current ticket" if ticket and ticket.usable(now) else "nothing valid to serve"
+            log.warning("app=%s refresh failed: %s; %s; next try in %.0fs",
+                        self.account.name, exc, serving, self._blocked_until - now)  # fmt: skip
+
+    def next_refresh_delay(self) -> float:
+        """Seconds until the background task should look again."""
+        now = self._clock()
+        if self._error is not None:
+            return max(0.05, self._blocked_until - now)
+        ticket = self._ticket
+        if ticket is None:
+            return 0.0
+        return max(0.05, ticket.refresh_at - now)
+
+    async def keep_fresh(self) -> None:
+        """The background refresher: runs until cancelled, refreshing ahead of expiry."""
+        while True:
+            ticket = self._ticket
+            if ticket is None or not ticket.fresh(self._clock()):
+                with contextlib.suppress(UpstreamError):  # recorded and logged once by _record_failure
+                    await self.refresh()
+            await asyncio.sleep(self.next_refresh_delay())
+
+    def status(self) -> AccountStatus:
+        now = self._clock()
+        ticket, token, error = self._ticket, self._token, self._error
+        usable = ticket is not None and ticket.usable(now)
+        if usable:
+            reason = "ok"
+        elif error is not None:
+            reason = str(error)
+        else:
+            reason = "no jsapi_ticket yet"
+        return AccountStatus(
+            name=self.account.name,
+            app_id=self.account.app_id,
+            ready=usable,
+            reason=reason,
+            ticket_expires_in=None if ticket is None else round(ticket.expires_at - now, 1),
+            token_expires_in=None if token is None else round(token.expires_at - now, 1),
+            last_refresh=self._last_refresh,
+            last_error=None if error is None else str(error),
+            errcode=getattr(error, "errcode", None),
+        )
+
+
+class CredentialStore:
+    """Every account's credentials, and their background refreshers."""
+
+    def __init__(
+        self,
+        accounts: Iterable[Account],
+        client: WeChatClient,
+        cache: SharedCache,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._by_app_id = {a.app_id: AccountCredentials(a, client, cache, clock=clock) for a in accounts}
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    def __getitem__(self, app_id: str) -> AccountCredentials:
+        return self._by_app_id[app_id]
+
+    def __iter__(self) -> Any:
+        return iter(self._by_app_id.values())
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(creds.keep_fresh()) for creds in self._by_app_id.values()]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+
+def _backoff(bounds: tuple[float, float], failures: int) -> float:
+    first, cap = bounds
+    return min(cap, first * 2.0 ** max(0, failures - 1))
+
+
+def _next_china_midnight(now: float) -> float:
+    day, offset = 86400, _CHINA_UTC_OFFSET
+    return ((now + offset) // day + 1) * day - offset

@@ -1,0 +1,97 @@
+"""Page URLs as the signing endpoints accept them, and the JS secure domain rule. Pure."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from jssdk_service.errors import HostNotAllowed, InvalidURL
+from jssdk_service.signing import strip_fragment
+
+MAX_URL_LENGTH = 4096
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_HOSTNAME = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?)*\.?")
+
+
+@dataclass(frozen=True, slots=True)
+class PageURL:
+    """A page URL that may be signed: `raw` is what gets signed (fragment dropped, nothing else)."""
+
+    raw: str
+    scheme: str
+    host: str
+    port: int | None
+    path: str
+
+
+def parse_page_url(value: str | None) -> PageURL:
+    """Validate a page URL; raise `InvalidURL` saying what is wrong with it."""
+    if not value:
+        raise InvalidURL("url is required")
+    if len(value) > MAX_URL_LENGTH:
+        raise InvalidURL(f"url is longer than {MAX_URL_LENGTH} characters")
+    if _CONTROL.search(value):
+        raise InvalidURL("url contains control characters")
+    raw = strip_fragment(value)
+    try:
+        parts = urlsplit(raw)
+    except ValueError as exc:
+        raise InvalidURL(f"url cannot be parsed: {exc}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise InvalidURL("url must be an absolute http:// or https:// URL")
+    host, port = _split_netloc(parts.netloc)
+    return PageURL(raw=raw, scheme=scheme, host=host, port=port, path=parts.path or "/")
+
+
+def _split_netloc(netloc: str) -> tuple[str, int | None]:
+    if not netloc:
+        raise InvalidURL("url has no host")
+    if "@" in netloc:
+        raise InvalidURL("url must not carry user credentials")
+    if netloc.startswith("["):
+        end = netloc.find("]")
+        literal, rest = netloc[1:end], netloc[end + 1 :]
+        try:
+            ipaddress.IPv6Address(literal)
+        except ValueError:
+            raise InvalidURL("url has an invalid IPv6 host") from None
+        host = f"[{literal.lower()}]"
+        if rest and not rest.startswith(":"):
+            raise InvalidURL("url has an invalid host")
+        port_text = rest[1:] if rest else None
+    else:
+        name, sep, port_text_raw = netloc.partition(":")
+        host = name.lower()
+        if not _HOSTNAME.fullmatch(host):
+            raise InvalidURL("url has an invalid host")
+        port_text = port_text_raw if sep else None
+    return host.rstrip("."), _parse_port(port_text)
+
+
+def _parse_port(text: str | None) -> int | None:
+    if not text:
+        return None
+    if not text.isascii() or not text.isdigit() or not 0 < int(text) < 65536:
+        raise InvalidURL("url has an invalid port")
+    return int(text)
+
+
+def normalise_domain(domain: str) -> str:
+    """A configured JS secure domain, lower-cased, without a leading `.` or a trailing `.`."""
+    return domain.strip().lower().strip(".")
+
+
+def host_allowed(host: str, domains: Iterable[str]) -> bool:
+    """True when `host` is one of `domains` or a subdomain of one (`a.example.com` for `example.com`)."""
+    return any(host == domain or host.endswith("." + domain) for domain in domains)
+
+
+def require_allowed(host: str, domains: Iterable[str], *, what: str = "url") -> None:
+    """Raise `HostNotAllowed` unless `host_allowed`."""
+    if not host_allowed(host, domains):
+        raise HostNotAllowed(f"{what} host {host!r} is not a JS secure domain of this account")

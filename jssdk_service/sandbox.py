@@ -1,0 +1,407 @@
+"""The sandbox: a faithful emulator of the WeChat endpoints jssdk-service uses (WECHAT.md §1-2, §5).
+
+It is a peer of the real WeChat: the client cannot tell them apart. What it emulates:
+- `GET /cgi-bin/token`: every call issues a new classic token; the earlier ones keep working for
+  `classic_overlap` seconds (5 minutes upstream) and then die;
+- `POST /cgi-bin/stable_token`: the same token for every caller while it is valid; a new one in
+  the last `stable_renew_before` seconds; `force_refresh` invalidates the old one (20 a day, 30 s apart);
+- `GET /cgi-bin/ticket/getticket?type=jsapi`: needs a live token (40001 unknown, 42001 expired);
+- appid and secret checks with the real errcodes, an optional IP whitelist (40164), daily quotas
+  (45009) with `POST /cgi-bin/clear_quota/v2`, and `POST /cgi-bin/openapi/quota/get`;
+- injectable faults: errcode -1 (or any errcode) at a rate, HTTP 500 at a rate, connection resets,
+  a delay, and a script of exact outcomes for the next calls.
+Under `/sandbox/` it also answers what WeChat's client would: `POST /sandbox/verify` checks a
+wx.config the way the WeChat client does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import secrets
+import socket
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+from aiohttp import web
+
+from jssdk_service.signing import sign_url
+
+Fault = int | Literal["http500", "reset"]
+
+DEMO_APP_ID = "wxd0000000000000de"
+
+
+@dataclass(slots=True, kw_only=True)
+class SandboxAccount:
+    """An official account the emulator knows."""
+
+    app_id: str
+    secret: str
+    ip_whitelist: frozenset[str] | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class Faults:
+    """What goes wrong, and how often; change it at any time."""
+
+    error_rate: float = 0.0
+    errcode: int = -1
+    http500_rate: float = 0.0
+    reset_rate: float = 0.0
+    delay: float = 0.0
+    script: deque[Fault] = field(default_factory=deque)
+
+
+@dataclass(slots=True, kw_only=True)
+class IssuedCredential:
+    """A token or ticket the emulator handed out."""
+
+    app_id: str
+    kind: Literal["classic", "stable", "ticket"]
+    value: str
+    issued_at: float
+    expires_at: float
+
+
+@dataclass(slots=True, kw_only=True)
+class Call:
+    """One call that reached the emulator."""
+
+    api: str
+    app_id: str
+    errcode: int
+    at: float
+
+
+class WeChatSandbox:
+    """The emulator's state and behaviour; `app()` serves it over HTTP."""
+
+    def __init__(
+        self,
+        accounts: list[SandboxAccount],
+        *,
+        token_expires_in: int = 7200,
+        ticket_expires_in: int = 7200,
+        classic_overlap: float = 300.0,
+        stable_renew_before: float | None = None,
+        force_refresh_interval: float = 30.0,
+        daily_quota: dict[str, int] | None = None,
+        seed: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.accounts = {a.app_id: a for a in accounts}
+        self.token_expires_in = token_expires_in
+        self.ticket_expires_in = ticket_expires_in
+        self.classic_overlap = classic_overlap
+        self.stable_renew_before = (
+            min(300.0, token_expires_in / 5) if stable_renew_before is None else stable_renew_before
+        )
+        self.force_refresh_interval = force_refresh_interval
+        self.daily_quota = {"token": 2000, "stable_token": 500_000, "getticket": 2000, **(daily_quota or {})}
+        self.faults = Faults()
+        self.calls: list[Call] = []
+        self.issued: dict[str, IssuedCredential] = {}
+        self._used: Counter[tuple[str, str]] = Counter()
+        self._forced: dict[str, list[float]] = {}
+        self._random = random.Random(seed)
+        self._clock = clock
+
+    # -- what tests and operators read ---------------------------------------------------------
+
+    def count(self, api: str, app_id: str | None = None, *, ok_only: bool = False) -> int:
+        """How many calls reached `api` (for `app_id`), or only the successful ones."""
+        return sum(
+            1
+            for c in self.calls
+            if c.api == api and (app_id is None or c.app_id == app_id) and (not ok_only or c.errcode == 0)
+        )
+
+    def tickets(self, app_id: str) -> list[IssuedCredential]:
+        return [c for c in self.issued.values() if c.app_id == app_id and c.kind == "ticket"]
+
+    def ticket_that_signed(
+        self, app_id: str, *, url: str, nonce: str, timestamp: int, signature: str
+    ) -> IssuedCredential | None:
+        """The ticket of `app_id` whose signature this is, if any."""
+        for ticket in self.tickets(app_id):
+            if sign_url(ticket=ticket.value, nonce=nonce, timestamp=timestamp, url=url) == signature:
+                return ticket
+        return None
+
+    def knock_out_tokens(self, app_id: str) -> None:
+        """Kill every live token of `app_id` now, as another party's refresh does after the overlap."""
+        now = self._clock()
+        for cred in self.issued.values():
+            if cred.app_id == app_id and cred.kind != "ticket":
+                cred.expires_at = min(cred.expires_at, now - 1)
+
+    def verify_config(self, app_id: str, *, url: str, nonce: str, timestamp: int, signature: str) -> str:
+        """What `wx.config` reports: `config:ok`, or the error WeChat's client gives."""
+        ticket = self.ticket_that_signed(app_id, url=url, nonce=nonce, timestamp=timestamp, signature=signature)
+        if ticket is None or ticket.expires_at <= self._clock():
+            return "config:invalid signature"
+        return "config:ok"
+
+    # -- HTTP ----------------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/cgi-bin/token", self._token)
+        app.router.add_route("*", "/cgi-bin/stable_token", self._stable_token)
+        app.router.add_get("/cgi-bin/ticket/getticket", self._getticket)
+        app.router.add_post("/cgi-bin/clear_quota/v2", self._clear_quota)
+        app.router.add_post("/cgi-bin/openapi/quota/get", self._quota_get)
+        app.router.add_post("/sandbox/verify", self._verify)
+        return app
+
+    async def _token(self, request: web.Request) -> web.StreamResponse:
+        q = request.query
+        return await self._serve(request, "token", q.get("appid", ""), lambda: self._issue_token(
+            request, "classic", q.get("grant_type"), q.get("appid"), q.get("secret"), force=False))  # fmt: skip
+
+    async def _stable_token(self, request: web.Request) -> web.StreamResponse:
+        if request.method != "POST":
+            return _answer(43002, "require POST method")
+        body = await _json_body(request)
+        app_id = str(body.get("appid", ""))
+        return await self._serve(request, "stable_token", app_id, lambda: self._issue_token(
+            request, "stable", body.get("grant_type"), body.get("appid"), body.get("secret"),
+            force=bool(body.get("force_refresh", False))))  # fmt: skip
+
+    async def _getticket(self, request: web.Request) -> web.StreamResponse:
+        token_value = request.query.get("access_token", "")
+        token = self.issued.get(token_value)
+        app_id = token.app_id if token is not None and token.kind != "ticket" else ""
+        return await self._serve(request, "getticket", app_id, lambda: self._issue_ticket(
+            token, token_value, request.query.get("type", "")))  # fmt: skip
+
+    async def _serve(
+        self, request: web.Request, api: str, app_id: str, handle: Callable[[], dict[str, Any]]
+    ) -> web.StreamResponse:
+        faults = self.faults
+        if faults.delay:
+            await asyncio.sleep(faults.delay)
+        fault = self._pick_fault()
+        if fault == "reset":
+            self._record(api, app_id, -2)
+            if request.transport is not None:
+                request.transport.close()
+            return web.Response(status=500)
+        if fault == "http500":
+            self._record(api, app_id, 500)
+            return web.Response(status=500, text="<html>500 Internal Server Error</html>")
+        answer = _error(fault) if fault is not None else handle()
+        self._record(api, app_id, int(answer.get("errcode", 0)))
+        return web.Response(body=orjson.dumps(answer), content_type="application/json")
+
+    def _pick_fault(self) -> Fault | None:
+        faults = self.faults
+        if faults.script:
+            return faults.script.popleft()
+        roll = self._random.random()
+        if roll < faults.reset_rate:
+            return "reset"
+        roll -= faults.reset_rate
+        if roll < faults.http500_rate:
+            return "http500"
+        roll -= faults.http500_rate
+        if roll < faults.error_rate:
+            return faults.errcode
+        return None
+
+    def _record(self, api: str, app_id: str, errcode: int) -> None:
+        self.calls.append(Call(api=api, app_id=app_id, errcode=errcode, at=self._clock()))
+
+    def _issue_token(
+        self, request: web.Request, kind: Literal["classic", "stable"], grant_type: Any, app_id: Any, secret: Any,
+        *, force: bool,
+    ) -> dict[str, Any]:  # fmt: skip
+        if grant_type != "client_credential":
+            return _error(40002)
+        if not app_id:
+            return _error(41002)
+        if not secret:
+            return _error(41004)
+        account = self.accounts.get(str(app_id))
+        if account is None:
+            return _error(40013)
+        if account.secret != secret:
+            # The classic /token says 40001 for a wrong AppSecret; stable_token says 40125.
+            return _error(40001 if kind == "classic" else 40125)
+        ip = request.remote or ""
+        if account.ip_whitelist is not None and ip not in account.ip_whitelist:
+            return _error(40164, f"invalid ip {ip} ipv6 ::ffff:{ip}, not in whitelist")
+        api = "token" if kind == "classic" else "stable_token"
+        if not self._spend_quota(account.app_id, api):
+            return _error(45009)
+        now = self._clock()
+        if kind == "classic":
+            return self._new_classic_token(account.app_id, now)
+        return self._stable(account.app_id, now, force)
+
+    def _new_classic_token(self, app_id: str, now: float) -> dict[str, Any]:
+        for cred in self._live(app_id, "classic", now):
+            # A new classic token leaves the older ones working for the overlap only.
+            cred.expires_at = min(cred.expires_at, now + self.classic_overlap)
+        token = self._mint(app_id, "classic", now, self.token_expires_in)
+        return {"access_token": token.value, "expires_in": self.token_expires_in}
+
+    def _stable(self, app_id: str, now: float, force: bool) -> dict[str, Any]:
+        live = self._live(app_id, "stable", now)
+        current = max(live, key=lambda c: c.issued_at) if live else None
+        if force and current is not None and self._may_force(app_id, now):
+            for cred in live:
+                cred.expires_at = now
+            current = None
+        if current is None or current.expires_at - now <= self.stable_renew_before:
+            current = self._mint(app_id, "stable", now, self.token_expires_in)
+        return {"access_token": current.value, "expires_in": int(current.expires_at - now)}
+
+    def _may_force(self, app_id: str, now: float) -> bool:
+        today = [t for t in self._forced.get(app_id, []) if t > now - 86400]
+        if len(today) >= 20 or (today and now - today[-1] < self.force_refresh_interval):
+            return False
+        self._forced[app_id] = [*today, now]
+        return True
+
+    def _issue_ticket(self, token: IssuedCredential | None, token_value: str, kind: str) -> dict[str, Any]:
+        if not token_value:
+            return _error(41001)
+        if token is None or token.kind == "ticket":
+            return _error(40001)
+        if token.expires_at <= self._clock():
+            # Expired on its own: 42001; replaced by a newer token and past the overlap: 40001.
+            return _error(42001 if token.expires_at >= token.issued_at + self.token_expires_in else 40001)
+        if kind != "jsapi":
+            return _error(40097, "invalid args")
+        if not self._spend_quota(token.app_id, "getticket"):
+            return _error(45009)
+        ticket = self._mint(token.app_id, "ticket", self._clock(), self.ticket_expires_in)
+        return {"errcode": 0, "errmsg": "ok", "ticket": ticket.value, "expires_in": self.ticket_expires_in}
+
+    def _live(self, app_id: str, kind: str, now: float) -> list[IssuedCredential]:
+        return [c for c in self.issued.values() if c.app_id == app_id and c.kind == kind and c.expires_at > now]
+
+    def _mint(
+        self, app_id: str, kind: Literal["classic", "stable", "ticket"], now: float, life: float
+    ) -> IssuedCredential:
+        prefix = "sandbox_ticket_" if kind == "ticket" else "sandbox_token_"
+        cred = IssuedCredential(app_id=app_id, kind=kind, value=prefix + secrets.token_urlsafe(48),
+                                issued_at=now, expires_at=now + life)  # fmt: skip
+        self.issued[cred.value] = cred
+        return cred
+
+    def _spend_quota(self, app_id: str, api: str) -> bool:
+        key = (app_id, api)
+        if self._used[key] >= self.daily_quota[api]:
+            return False
+        self._used[key] += 1
+        return True
+
+    async def _clear_quota(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        account = self.accounts.get(str(body.get("appid", "")))
+        if account is None:
+            return _answer(40013, "invalid appid")
+        if account.secret != body.get("appsecret"):
+            return _answer(40125, "invalid appsecret")
+        for key in [k for k in self._used if k[0] == account.app_id]:
+            del self._used[key]
+        return _answer(0, "ok")
+
+    async def _quota_get(self, request: web.Request) -> web.Response:
+        token = self.issued.get(request.query.get("access_token", ""))
+        if token is None or token.kind == "ticket" or token.expires_at <= self._clock():
+            return _answer(40001, "invalid credential, access_token is invalid or not latest")
+        body = await _json_body(request)
+        api = {"/cgi-bin/token": "token", "/cgi-bin/stable_token": "stable_token",
+               "/cgi-bin/ticket/getticket": "getticket"}.get(str(body.get("cgi_path", "")))  # fmt: skip
+        if api is None:
+            return _answer(76021, "cgi_path not found")
+        used = self._used[(token.app_id, api)]
+        limit = self.daily_quota[api]
+        quota = {"daily_limit": limit, "used": used, "remain": max(0, limit - used)}
+        return web.Response(body=orjson.dumps({"errcode": 0, "errmsg": "ok", "quota": quota}),
+                            content_type="application/json")  # fmt: skip
+
+    async def _verify(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        try:
+            err_msg = self.verify_config(
+                str(body["appId"]), url=str(body["url"]), nonce=str(body["nonceStr"]),
+                timestamp=int(body["timestamp"]), signature=str(body["signature"]),
+            )  # fmt: skip
+        except (KeyError, TypeError, ValueError):
+            err_msg = "config:invalid arguments"
+        return web.Response(body=orjson.dumps({"errMsg": err_msg}), content_type="application/json")
+
+
+_ERRMSG = {
+    -1: "system error",
+    40001: "invalid credential, access_token is invalid or not latest",
+    40002: "invalid grant_type",
+    40013: "invalid appid",
+    40125: "invalid appsecret",
+    41001: "access_token missing",
+    41002: "appid missing",
+    41004: "appsecret missing",
+    42001: "access_token expired",
+    45009: "reach max api daily quota limit",
+    45011: "api minute-quota reach limit  mustslower  retry next minute",
+}
+
+
+def _error(errcode: int, errmsg: str | None = None) -> dict[str, Any]:
+    text = errmsg or _ERRMSG.get(errcode, "error")
+    return {"errcode": errcode, "errmsg": f"{text} rid: {secrets.token_hex(4)}-{secrets.token_hex(4)}"}
+
+
+def _answer(errcode: int, errmsg: str) -> web.Response:
+    body = {"errcode": errcode, "errmsg": errmsg} if errcode == 0 else _error(errcode, errmsg)
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+class SandboxServer:
+    """Serves a `WeChatSandbox` over real HTTP on loopback; `base_url` is what the client is given."""
+
+    def __init__(self, sandbox: WeChatSandbox, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.sandbox = sandbox
+        self._host = host
+        self._port = port
+        self._runner: web.AppRunner | None = None
+        self.base_url = ""
+
+    async def start(self) -> str:
+        self._runner = web.AppRunner(self.sandbox.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.base_url = f"http://{host}:{port}"
+        return self.base_url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+def closed_port_url(host: str = "127.0.0.1") -> str:
+    """An http base URL on a loopback port nothing listens on: a dead entry domain."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        port = probe.getsockname()[1]
+    return f"http://{host}:{port}"

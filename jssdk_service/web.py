@@ -1,0 +1,267 @@
+"""The web layer: the only code that knows HTTP status codes.
+
+A request is parsed and validated here, signed by `signing`, given share payloads by `share`, and
+answered as JSON. Errors from anywhere below become `{"error": {"code", "message"}}` in one
+middleware, with the status from `_STATUS`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx
+import orjson
+from aiohttp import web
+
+from jssdk_service.cache import SharedCache, open_cache
+from jssdk_service.config import Account, Settings
+from jssdk_service.credentials import AccountCredentials, CredentialStore
+from jssdk_service.errors import (
+    HostNotAllowed,
+    InvalidRequest,
+    InvalidShare,
+    InvalidURL,
+    JssdkError,
+    UnknownApp,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
+from jssdk_service.pageurl import PageURL, host_allowed, parse_page_url, require_allowed
+from jssdk_service.share import ShareFields, check_link_domain, share_fields_from_mapping, share_payloads
+from jssdk_service.signing import NonceSource, sign_url
+from jssdk_service.wechat import RetryPolicy, WeChatClient
+
+log = logging.getLogger("jssdk_service.web")
+
+SETTINGS = web.AppKey("settings", Settings)
+CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
+CACHE: web.AppKey[SharedCache] = web.AppKey("cache")
+WECHAT = web.AppKey("wechat", WeChatClient)
+STORE = web.AppKey("store", CredentialStore)
+NONCES = web.AppKey("nonces", NonceSource)
+ALL_DOMAINS: web.AppKey[tuple[str, ...]] = web.AppKey("all_domains")
+ACCOUNT = "jssdk.account"
+
+# Each error class maps to one status and code; the most specific class in the MRO wins.
+_STATUS: dict[type[JssdkError], tuple[int, str]] = {
+    InvalidRequest: (400, "invalid_request"),
+    InvalidURL: (400, "invalid_url"),
+    InvalidShare: (400, "invalid_share"),
+    HostNotAllowed: (403, "host_not_allowed"),
+    UnknownApp: (404, "unknown_app"),
+    UpstreamRejected: (503, "upstream_rejected"),
+    UpstreamUnavailable: (503, "upstream_unavailable"),
+}
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+_JSON = "application/json"
+_NO_STORE = {"Cache-Control": "no-store"}
+_PREFLIGHT = {"Access-Control-Allow-Methods": "GET, POST", "Access-Control-Allow-Headers": "Content-Type",
+              "Access-Control-Max-Age": "600"}  # fmt: skip
+
+
+def create_app(
+    settings: Settings,
+    *,
+    clock: Callable[[], float] = time.time,
+    retry_policy: RetryPolicy | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> web.Application:
+    """The aiohttp application serving `settings`; resources open and close with it."""
+    app = web.Application(middlewares=[_errors_and_cors], client_max_size=64 * 1024)
+    app[SETTINGS] = settings
+    app[CLOCK] = clock
+    app[NONCES] = NonceSource()
+    app[ALL_DOMAINS] = tuple({d for a in settings.accounts for d in a.allowed_hosts})
+
+    async def wechat_client(app: web.Application) -> AsyncIterator[None]:
+        client = WeChatClient(settings.api_bases, policy=retry_policy, clock=clock, transport=transport)
+        app[WECHAT] = client
+        yield
+        await client.aclose()
+
+    async def shared_cache(app: web.Application) -> AsyncIterator[None]:
+        cache = open_cache(settings.cache_url)
+        app[CACHE] = cache
+        yield
+        await cache.close()
+
+    async def credential_store(app: web.Application) -> AsyncIterator[None]:
+        store = CredentialStore(settings.accounts, app[WECHAT], app[CACHE], clock=clock)
+        app[STORE] = store
+        store.start()
+        yield
+        await store.stop()
+
+    app.cleanup_ctx.extend([wechat_client, shared_cache, credential_store])
+    app.router.add_route("GET", "/v1/signature", signature)
+    app.router.add_route("POST", "/v1/signature", signature)
+    app.router.add_route("GET", "/v1/share", share)
+    app.router.add_route("POST", "/v1/share", share)
+    app.router.add_route("OPTIONS", "/v1/signature", preflight)
+    app.router.add_route("OPTIONS", "/v1/share", preflight)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+# -- handlers --------------------------------------------------------------------------------
+
+
+async def signature(request: web.Request) -> web.Response:
+    """`wx.config`'s object for the page URL."""
+    params = await _params(request)
+    account, page = _resolve(request, params)
+    return _json(await _config(request, account, page), headers=_NO_STORE)
+
+
+async def share(request: web.Request) -> web.Response:
+    """`wx.config`'s object plus the two share payloads for the page."""
+    params = await _params(request)
+    account, page = _resolve(request, params)
+    override = _share_override(params.get("share"), account)
+    payloads = share_payloads(page, account.share, account.allowed_hosts, override)
+    body = {"config": await _config(request, account, page), **payloads}
+    return _json(body, headers=_NO_STORE)
+
+
+async def preflight(request: web.Request) -> web.Response:
+    """CORS preflight for the POST forms; headers are added by the middleware for allowed origins."""
+    return web.Response(status=204)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """200 when every account has a usable ticket; 503 with each account's reason otherwise."""
+    statuses = [creds.status() for creds in request.app[STORE]]
+    ready = all(s.ready for s in statuses)
+    accounts = [
+        {"app": s.name, "appId": s.app_id, "ready": s.ready, "reason": s.reason,
+         "ticketExpiresIn": s.ticket_expires_in, **({"errcode": s.errcode} if s.errcode is not None else {})}
+        for s in statuses
+    ]  # fmt: skip
+    return _json({"status": "ready" if ready else "unready", "accounts": accounts}, status=200 if ready else 503)
+
+
+# -- the pieces ------------------------------------------------------------------------------
+
+
+async def _params(request: web.Request) -> dict[str, Any]:
+    if request.method == "GET":
+        return dict(request.query)
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be a JSON object")
+    return body
+
+
+def _resolve(request: web.Request, params: dict[str, Any]) -> tuple[Account, PageURL]:
+    settings = request.app[SETTINGS]
+    app_key = params.get("app")
+    if app_key is not None and not isinstance(app_key, str):
+        raise InvalidRequest("app must be a string")
+    account = settings.account(app_key)
+    if account is None:
+        if app_key:
+            raise UnknownApp(f"no account is configured as {app_key!r}")
+        raise UnknownApp("several accounts are configured: name one with app=<appId or name>")
+    request[ACCOUNT] = account
+    url = params.get("url")
+    if url is not None and not isinstance(url, str):
+        raise InvalidURL("url must be a string")
+    page = parse_page_url(url)
+    require_allowed(page.host, account.allowed_hosts)
+    return account, page
+
+
+async def _config(request: web.Request, account: Account, page: PageURL) -> dict[str, Any]:
+    app = request.app
+    now = app[CLOCK]()
+    creds: AccountCredentials = app[STORE][account.app_id]
+    ticket = creds.usable_ticket(now) or await creds.ticket()
+    timestamp = int(now)
+    nonce = app[NONCES]()
+    config: dict[str, Any] = {
+        "appId": account.app_id,
+        "timestamp": timestamp,
+        "nonceStr": nonce,
+        "signature": sign_url(ticket=ticket.value, nonce=nonce, timestamp=timestamp, url=page.raw),
+        "jsApiList": account.js_api_list,
+    }
+    if account.open_tag_list:
+        config["openTagList"] = account.open_tag_list
+    return config
+
+
+def _share_override(value: Any, account: Account) -> ShareFields | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidShare("share must be an object with title, desc, imgUrl and link")
+    fields = share_fields_from_mapping(value, where="share")
+    check_link_domain(fields, account.allowed_hosts, where="share")
+    return fields
+
+
+def _json(body: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, headers=headers, content_type=_JSON,
+                        charset="utf-8")  # fmt: skip
+
+
+def _error_body(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def _status_of(exc: JssdkError) -> tuple[int, str]:
+    for cls in type(exc).__mro__:
+        if issubclass(cls, JssdkError) and cls in _STATUS:
+            return _STATUS[cls]
+    return 500, "internal_error"
+
+
+def _cors_headers(request: web.Request, domains: tuple[str, ...]) -> dict[str, str]:
+    origin = request.headers.get("Origin", "")
+    try:
+        page = parse_page_url(origin)
+    except InvalidURL:
+        return {}
+    if page.raw.rstrip("/") != origin.rstrip("/") or not host_allowed(page.host, domains):
+        return {}
+    return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+
+
+@web.middleware
+async def _errors_and_cors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        response = await handler(request)
+    except JssdkError as exc:
+        status, code = _status_of(exc)
+        if status >= 500:
+            log.warning("%s %s -> %d %s: %s", request.method, request.path, status, code, exc.message)
+        response = _json(_error_body(code, exc.message), status=status, headers=_NO_STORE)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        response = _json(_error_body(code, exc.reason), status=exc.status)
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        response = _json(_error_body("internal_error", "the service failed; see its log"), status=500)
+    if "Origin" in request.headers and request.path.startswith("/v1/"):
+        account: Account | None = request.get(ACCOUNT)
+        domains = account.allowed_hosts if account else request.app[ALL_DOMAINS]
+        cors = _cors_headers(request, domains)
+        if cors and request.method == "OPTIONS":
+            cors.update(_PREFLIGHT)
+        response.headers.update(cors)
+    return response

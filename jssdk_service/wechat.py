@@ -1,0 +1,240 @@
+"""The WeChat API client: the only code that speaks HTTP to WeChat (httpx 0.28, pinned) and knows errcodes.
+
+Retries `-1`, HTTP 5xx, timeouts and connection errors with capped exponential backoff and jitter,
+bounded by a deadline per call. A base that fails at the connection level is skipped for a
+cool-down and the next base (WECHAT.md §6: api2 is the backup) is tried at once. Every other errcode
+becomes a typed exception from `errors.py`, with the AppSecret and the token scrubbed from its text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+import orjson
+
+from jssdk_service.errors import (
+    QuotaExhausted,
+    RateLimited,
+    TokenInvalid,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
+from jssdk_service.tokens import AccessToken, JsapiTicket
+
+# httpx logs every request line at INFO, and getticket's query carries the access_token.
+logging.getLogger("httpx").setLevel(logging.WARNING)
+logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+API = Literal["token", "stable_token", "getticket"]
+TOKEN_INVALID = frozenset({40001, 40014, 42001})
+BUSY = -1
+MINUTE_QUOTA = 45011
+DAILY_QUOTA = 45009
+
+CallObserver = Callable[[str, str, str], None]
+"""Called once per HTTP call to WeChat with (app_id, api, outcome): "ok", an errcode, or an exception name."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    """How hard one credential fetch tries before it gives up."""
+
+    deadline: float = 15.0
+    base_delay: float = 0.2
+    max_delay: float = 2.0
+    base_cooldown: float = 60.0
+    connect_timeout: float = 3.0
+    read_timeout: float = 5.0
+
+
+class _Retryable(Exception):
+    def __init__(self, outcome: str, detail: str) -> None:
+        super().__init__(detail)
+        self.outcome = outcome
+
+
+class WeChatClient:
+    """Fetches access_tokens and jsapi_tickets from the first base that answers."""
+
+    def __init__(
+        self,
+        bases: Sequence[str],
+        *,
+        policy: RetryPolicy | None = None,
+        observer: CallObserver | None = None,
+        clock: Callable[[], float] = time.time,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._bases = tuple(bases)
+        self._policy = policy = policy or RetryPolicy()
+        self._observer = observer
+        self._clock = clock
+        self._cooling_until: dict[str, float] = {}
+        # limits belong on the transport: httpx ignores `limits=` when a transport is passed.
+        self._http = httpx.AsyncClient(
+            transport=transport or httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=100)),
+            timeout=httpx.Timeout(
+                connect=policy.connect_timeout,
+                read=policy.read_timeout,
+                write=policy.read_timeout,
+                pool=policy.connect_timeout,
+            ),
+            follow_redirects=False,
+        )
+
+    def __repr__(self) -> str:
+        return f"WeChatClient(bases={self._bases!r})"
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    def cooling_bases(self) -> list[str]:
+        """Bases skipped for now because they failed at the connection level."""
+        now = time.monotonic()
+        return [base for base, until in self._cooling_until.items() if until > now]
+
+    async def fetch_token(
+        self, *, app_id: str, secret: str, api: Literal["stable", "classic"], force_refresh: bool = False
+    ) -> AccessToken:
+        """A token from `/cgi-bin/stable_token` (default) or the classic `/cgi-bin/token`."""
+        obtained_at = self._clock()
+        if api == "stable":
+            # stable_token: the same token for every caller while it is valid; safe across hosts.
+            payload = {"grant_type": "client_credential", "appid": app_id, "secret": secret,
+                       "force_refresh": force_refresh}  # fmt: skip
+            body = await self._call(app_id, "stable_token", "POST", "/cgi-bin/stable_token", json=payload,
+                                    hidden=(secret,))  # fmt: skip
+        else:
+            params = {"grant_type": "client_credential", "appid": app_id, "secret": secret}
+            body = await self._call(app_id, "token", "GET", "/cgi-bin/token", params=params, hidden=(secret,))
+        token = _string_field(body, "access_token", app_id)
+        return AccessToken(value=token, obtained_at=obtained_at, expires_in=_expires_in(body, app_id))
+
+    async def fetch_ticket(self, *, app_id: str, token: AccessToken) -> JsapiTicket:
+        """A jsapi_ticket; raises `TokenInvalid` when WeChat no longer accepts `token`."""
+        obtained_at = self._clock()
+        params = {"access_token": token.value, "type": "jsapi"}
+        body = await self._call(app_id, "getticket", "GET", "/cgi-bin/ticket/getticket", params=params,
+                                hidden=(token.value,))  # fmt: skip
+        ticket = _string_field(body, "ticket", app_id)
+        return JsapiTicket(value=ticket, obtained_at=obtained_at, expires_in=_expires_in(body, app_id))
+
+    async def _call(
+        self,
+        app_id: str,
+        api: API,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        json: dict[str, Any] | None = None,
+        hidden: tuple[str, ...],
+    ) -> dict[str, Any]:
+        policy = self._policy
+        give_up_at = time.monotonic() + policy.deadline
+        attempt = 0
+        while True:
+            try:
+                return await self._try_bases(app_id, api, method, path, params, json, hidden)
+            except _Retryable as exc:
+                attempt += 1
+                delay = min(policy.max_delay, policy.base_delay * 2.0 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+                if time.monotonic() + delay >= give_up_at:
+                    raise UpstreamUnavailable(
+                        f"WeChat {api} failed {attempt} times, last: {exc}", app_id=app_id, api=api
+                    ) from None
+                await asyncio.sleep(delay)
+
+    async def _try_bases(
+        self,
+        app_id: str,
+        api: API,
+        method: str,
+        path: str,
+        params: dict[str, str] | None,
+        json: dict[str, Any] | None,
+        hidden: tuple[str, ...],
+    ) -> dict[str, Any]:
+        """One attempt: the bases in order, skipping cooling ones, moving on after connection failures."""
+        last = _Retryable("no_base", "no base configured")
+        for base in self._ordered_bases():
+            try:
+                response = await self._http.request(method, base + path, params=params, json=json)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                self._cooling_until[base] = time.monotonic() + self._policy.base_cooldown
+                self._observe(app_id, api, type(exc).__name__)
+                last = _Retryable(type(exc).__name__, f"{base}: cannot connect ({type(exc).__name__})")
+                continue
+            except httpx.HTTPError as exc:
+                self._observe(app_id, api, type(exc).__name__)
+                raise _Retryable(type(exc).__name__, f"{base}: {type(exc).__name__}") from None
+            self._cooling_until.pop(base, None)
+            return self._read(app_id, api, base, response, hidden)
+        raise last
+
+    def _read(
+        self, app_id: str, api: API, base: str, response: httpx.Response, hidden: tuple[str, ...]
+    ) -> dict[str, Any]:
+        if response.status_code >= 500:
+            self._observe(app_id, api, f"http_{response.status_code}")
+            raise _Retryable("http", f"{base}: HTTP {response.status_code}")
+        try:
+            body = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict):
+            self._observe(app_id, api, "bad_response")
+            raise _Retryable("bad_response", f"{base}: HTTP {response.status_code} without a JSON object")
+        errcode = body.get("errcode", 0)
+        errcode = errcode if isinstance(errcode, int) else -1
+        self._observe(app_id, api, "ok" if errcode == 0 else str(errcode))
+        if errcode == 0:
+            return body
+        errmsg = _scrub(str(body.get("errmsg", "")), hidden)
+        if errcode == BUSY:
+            raise _Retryable(str(errcode), f"{base}: errcode -1 (system busy)")
+        if errcode in TOKEN_INVALID and api == "getticket":
+            raise TokenInvalid(errcode, errmsg, app_id=app_id, api=api)
+        if errcode == MINUTE_QUOTA:
+            raise RateLimited(f"WeChat errcode 45011: {errmsg}", app_id=app_id, api=api)
+        if errcode == DAILY_QUOTA:
+            raise QuotaExhausted(errcode, errmsg, app_id=app_id, api=api)
+        raise UpstreamRejected(errcode, errmsg, app_id=app_id, api=api)
+
+    def _ordered_bases(self) -> list[str]:
+        now = time.monotonic()
+        ready = [base for base in self._bases if self._cooling_until.get(base, 0.0) <= now]
+        # When every base is cooling, try them all, the one that cools first first.
+        return ready or sorted(self._bases, key=lambda base: self._cooling_until.get(base, 0.0))
+
+    def _observe(self, app_id: str, api: str, outcome: str) -> None:
+        if self._observer is not None:
+            self._observer(app_id, api, outcome)
+
+
+def _scrub(text: str, hidden: tuple[str, ...]) -> str:
+    for value in hidden:
+        if value:
+            text = text.replace(value, "***")
+    return text
+
+
+def _string_field(body: dict[str, Any], key: str, app_id: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value:
+        raise UpstreamUnavailable(f"WeChat answered without {key!r}", app_id=app_id)
+    return value
+
+
+def _expires_in(body: dict[str, Any], app_id: str) -> float:
+    value = body.get("expires_in")
+    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+        raise UpstreamUnavailable("WeChat answered without a positive 'expires_in'", app_id=app_id)
+    return float(value)
