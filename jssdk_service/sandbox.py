@@ -98,9 +98,7 @@ class WeChatSandbox:
         self.token_expires_in = token_expires_in
         self.ticket_expires_in = ticket_expires_in
         self.classic_overlap = classic_overlap
-        self.stable_renew_before = (
-            min(300.0, token_expires_in / 5) if stable_renew_before is None else stable_renew_before
-        )
+        self.renew_before = stable_renew_before
         self.force_refresh_interval = force_refresh_interval
         self.daily_quota = {"token": 2000, "stable_token": 500_000, "getticket": 2000, **(daily_quota or {})}
         self.faults = Faults()
@@ -110,6 +108,11 @@ class WeChatSandbox:
         self._forced: dict[str, list[float]] = {}
         self._random = random.Random(seed)
         self._clock = clock
+
+    @property
+    def stable_renew_before(self) -> float:
+        """How long before expiry stable_token hands out the next token (300 s upstream)."""
+        return min(300.0, self.token_expires_in / 5) if self.renew_before is None else self.renew_before
 
     # -- what tests and operators read ---------------------------------------------------------
 

@@ -43,7 +43,7 @@ WECHAT = web.AppKey("wechat", WeChatClient)
 STORE = web.AppKey("store", CredentialStore)
 NONCES = web.AppKey("nonces", NonceSource)
 ALL_DOMAINS: web.AppKey[tuple[str, ...]] = web.AppKey("all_domains")
-ACCOUNT = "jssdk.account"
+ACCOUNT = web.RequestKey("account", Account)
 
 # Each error class maps to one status and code; the most specific class in the MRO wins.
 _STATUS: dict[type[JssdkError], tuple[int, str]] = {
@@ -56,8 +56,8 @@ _STATUS: dict[type[JssdkError], tuple[int, str]] = {
     UpstreamUnavailable: (503, "upstream_unavailable"),
 }
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
-_JSON = "application/json"
-_NO_STORE = {"Cache-Control": "no-store"}
+_JSON = {"Content-Type": "application/json; charset=utf-8"}
+_NO_STORE = {**_JSON, "Cache-Control": "no-store"}
 _PREFLIGHT = {"Access-Control-Allow-Methods": "GET, POST", "Access-Control-Allow-Headers": "Content-Type",
               "Access-Control-Max-Age": "600"}  # fmt: skip
 
@@ -211,9 +211,9 @@ def _share_override(value: Any, account: Account) -> ShareFields | None:
     return fields
 
 
-def _json(body: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, headers=headers, content_type=_JSON,
-                        charset="utf-8")  # fmt: skip
+def _json(body: Any, *, status: int = 200, headers: dict[str, str] = _JSON) -> web.Response:
+    """A JSON response; `headers` must carry the Content-Type (`_JSON` or `_NO_STORE`)."""
+    return web.Response(body=orjson.dumps(body), status=status, headers=headers)
 
 
 def _error_body(code: str, message: str) -> dict[str, Any]:
@@ -258,7 +258,7 @@ async def _errors_and_cors(
         log.exception("%s %s failed", request.method, request.path)
         response = _json(_error_body("internal_error", "the service failed; see its log"), status=500)
     if "Origin" in request.headers and request.path.startswith("/v1/"):
-        account: Account | None = request.get(ACCOUNT)
+        account = request.get(ACCOUNT)
         domains = account.allowed_hosts if account else request.app[ALL_DOMAINS]
         cors = _cors_headers(request, domains)
         if cors and request.method == "OPTIONS":

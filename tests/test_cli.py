@@ -1,0 +1,104 @@
+"""The command line: sign, check-config and serve --sandbox, run as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from jssdk_service.sandbox import DEMO_APP_ID
+from jssdk_service.signing import sign_url
+
+CLI = [sys.executable, "-m", "jssdk_service"]
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("JSSDK_")}
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=30, env={**clean, **(env or {})})
+
+
+def test_sign_prints_the_official_vector() -> None:
+    """`sign` computes a signature offline."""
+    result = run("sign", "--ticket", "sM4AOVdWfPE4DxkXGEs8VMCPGGVi4C3VM0P37wVUCFvkVAy_90u5h9nbSlYy3-Sl-HhTdfl2fzFy1AOcHKP7qg",
+                 "--nonce", "Wm3WZYTPz0wzccnW", "--timestamp", "1414587457", "http://mp.weixin.qq.com?params=value")  # fmt: skip
+    assert (result.returncode, result.stdout.strip()) == (0, "0f9de62fce790f9a083d5c99e95740ceb90c27ed")
+
+
+def test_check_config_accepts_a_good_setup() -> None:
+    """`check-config` exits 0 and names the accounts."""
+    env = {"JSSDK_APP_ID": "wx1234567890abcdef", "JSSDK_APP_SECRET": "x", "JSSDK_ALLOWED_HOSTS": "example.com"}
+    result = run("check-config", env=env)
+    assert result.returncode == 0
+    assert "wx1234567890abcdef" in result.stdout
+
+
+def test_config_errors_are_one_clear_line(tmp_path: Path) -> None:
+    """A bad setting prints one line naming the field, no traceback, and exits non-zero."""
+    env = {"JSSDK_APP_ID": "wx1234567890abcdef", "JSSDK_APP_SECRET": "supersecret", "JSSDK_ALLOWED_HOSTS": "example.com",
+           "JSSDK_PORT": "eighty"}  # fmt: skip
+    for args in (("check-config",), ("serve",)):
+        result = run(*args, env=env)
+        assert result.returncode == 2
+        assert result.stderr.strip().count("\n") == 0
+        assert "JSSDK_PORT" in result.stderr and "eighty" in result.stderr
+        assert "Traceback" not in result.stderr and "supersecret" not in result.stderr
+    bad_file = tmp_path / "bad.toml"
+    bad_file.write_text('[[accounts]]\napp_id = "wx1"\nsecret = "inline"\nallowed_hosts = ["a.com"]\n')
+    result = run("check-config", "--config", str(bad_file))
+    assert result.returncode == 2
+    assert "accounts[0].secret" in result.stderr and "inline" not in result.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def sandbox_service(tmp_path: Path) -> Iterator[str]:
+    """`jssdk-service serve --sandbox` as a newcomer starts it, on a free port."""
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("JSSDK_")}
+    log = tmp_path / "serve.log"
+    with log.open("w") as output:
+        process = subprocess.Popen([*CLI, "serve", "--sandbox", "--port", str(port)], env=clean,
+                                   stdout=output, stderr=subprocess.STDOUT)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "serve --sandbox did not become ready"
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+
+
+def test_serve_sandbox_answers_the_readme_request(sandbox_service: str) -> None:
+    """The README's curl against `serve --sandbox` returns a config and two complete share payloads."""
+    page = "https://example.com/p?a=1#top"
+    response = httpx.get(f"{sandbox_service}/v1/share?url={quote(page, safe='')}")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["config"]["appId"] == DEMO_APP_ID
+    assert body["appMessage"]["link"] == "https://example.com/p?a=1"
+    assert all(body["appMessage"].values()) and all(body["timeline"].values())
+    assert len(body["config"]["signature"]) == 40
+    assert sign_url(ticket="x", nonce=body["config"]["nonceStr"], timestamp=0, url=page) != body["config"]["signature"]

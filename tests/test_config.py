@@ -1,0 +1,160 @@
+"""Configuration: environment and TOML, and errors that name the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jssdk_service.config import load_settings
+from jssdk_service.errors import ConfigError
+
+ENV = {"JSSDK_APP_ID": "wx1234567890abcdef", "JSSDK_APP_SECRET": "topsecret", "JSSDK_ALLOWED_HOSTS": "example.com"}
+
+
+def test_single_account_from_the_environment() -> None:
+    """The environment alone configures one account with the documented defaults."""
+    settings = load_settings(ENV)
+    (account,) = settings.accounts
+    assert account.app_id == account.name == "wx1234567890abcdef"
+    assert account.allowed_hosts == ("example.com",)
+    assert account.token_api == "stable"
+    assert account.js_api_list == ("updateAppMessageShareData", "updateTimelineShareData")
+    assert settings.api_bases == ("https://api.weixin.qq.com", "https://api2.weixin.qq.com")
+    assert (settings.host, settings.port, settings.cache_url) == ("127.0.0.1", 8080, "memory://")
+
+
+def test_secret_from_a_file(tmp_path: Path) -> None:
+    """JSSDK_APP_SECRET_FILE is read and stripped, as container secrets are mounted."""
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("from-file\n")
+    env = {**ENV, "JSSDK_APP_SECRET": "", "JSSDK_APP_SECRET_FILE": str(secret_file)}
+    assert load_settings(env).accounts[0].secret.reveal() == "from-file"
+
+
+def test_secrets_are_hidden_from_reprs() -> None:
+    """Neither the settings nor the account show the AppSecret in their repr."""
+    settings = load_settings({**ENV, "JSSDK_ADMIN_TOKEN": "admintoken"})
+    assert "topsecret" not in repr(settings)
+    assert "admintoken" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"JSSDK_APP_ID": ""}, "JSSDK_APP_ID"),
+        ({"JSSDK_APP_ID": "wx bad id"}, "JSSDK_APP_ID"),
+        ({"JSSDK_APP_SECRET": ""}, "JSSDK_APP_SECRET"),
+        ({"JSSDK_APP_SECRET": "", "JSSDK_APP_SECRET_FILE": "/nonexistent/secret"}, "JSSDK_APP_SECRET_FILE"),
+        ({"JSSDK_ALLOWED_HOSTS": ""}, "JSSDK_ALLOWED_HOSTS"),
+        ({"JSSDK_ALLOWED_HOSTS": "https://example.com"}, "JSSDK_ALLOWED_HOSTS"),
+        ({"JSSDK_ALLOWED_HOSTS": "example.com:8080"}, "JSSDK_ALLOWED_HOSTS"),
+        ({"JSSDK_PORT": "abc"}, "JSSDK_PORT"),
+        ({"JSSDK_PORT": "70000"}, "JSSDK_PORT"),
+        ({"JSSDK_TOKEN_API": "fast"}, "JSSDK_TOKEN_API"),
+        ({"JSSDK_CACHE_URL": "memcached://x"}, "JSSDK_CACHE_URL"),
+        ({"JSSDK_WECHAT_API_BASE": "api.weixin.qq.com"}, "JSSDK_WECHAT_API_BASE"),
+        ({"JSSDK_LOG_LEVEL": "LOUD"}, "JSSDK_LOG_LEVEL"),
+        ({"JSSDK_SHARE_LINK": "https://evil.com/"}, "JSSDK_SHARE"),
+        ({"JSSDK_SHARE_IMG_URL": "javascript:x"}, "JSSDK_SHARE"),
+    ],
+)
+def test_environment_errors_name_the_variable(change: dict[str, str], field: str) -> None:
+    """Each bad environment value is a ConfigError that names its variable."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings({**ENV, **change})
+    assert caught.value.field == field
+    assert str(caught.value).startswith(field)
+
+
+TOML = """
+[service]
+port = 9000
+wechat_api_base = ["http://127.0.0.1:1", "http://127.0.0.1:2"]
+
+[[accounts]]
+name = "shop"
+app_id = "wx1111111111111111"
+secret_env = "SHOP_SECRET"
+allowed_hosts = ["shop.example.com", "example.org"]
+token_api = "classic"
+open_tag_list = ["wx-open-launch-weapp"]
+
+[accounts.share]
+title = "Shop"
+imgUrl = "/share.png"
+
+[[accounts.share.rules]]
+path = "/sale/*"
+title = "Sale"
+
+[[accounts]]
+name = "blog"
+app_id = "wx2222222222222222"
+secret_file = "{secret_file}"
+allowed_hosts = ["blog.example.com"]
+"""
+
+
+def write_config(tmp_path: Path, text: str) -> str:
+    secret_file = tmp_path / "blog-secret"
+    secret_file.write_text("blogsecret")
+    path = tmp_path / "jssdk.toml"
+    path.write_text(text.replace("{secret_file}", str(secret_file)))
+    return str(path)
+
+
+def test_several_accounts_from_toml(tmp_path: Path) -> None:
+    """A TOML file configures several accounts, their secrets by reference, and share rules."""
+    settings = load_settings({"SHOP_SECRET": "shopsecret"}, write_config(tmp_path, TOML))
+    shop, blog = settings.accounts
+    assert settings.port == 9000
+    assert settings.api_bases == ("http://127.0.0.1:1", "http://127.0.0.1:2")
+    assert (shop.name, shop.token_api, shop.secret.reveal()) == ("shop", "classic", "shopsecret")
+    assert shop.open_tag_list == ("wx-open-launch-weapp",)
+    assert shop.share.fields_for("/sale/today").title == "Sale"
+    assert blog.secret.reveal() == "blogsecret"
+    assert settings.account("blog") is blog
+    assert settings.account("wx1111111111111111") is shop
+    assert settings.account(None) is None
+
+
+def test_environment_overrides_single_values_of_the_file(tmp_path: Path) -> None:
+    """JSSDK_PORT beats the file's [service] port."""
+    settings = load_settings({"SHOP_SECRET": "x", "JSSDK_PORT": "9100"}, write_config(tmp_path, TOML))
+    assert settings.port == 9100
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        (('secret_env = "SHOP_SECRET"', 'secret = "inline"'), "accounts[0].secret"),
+        (('secret_env = "SHOP_SECRET"', 'secret_env = "MISSING_VAR"'), "accounts[0].secret_env"),
+        (('token_api = "classic"', 'token_api = "quick"'), "accounts[0].token_api"),
+        (('allowed_hosts = ["blog.example.com"]', 'allowed_hosts = []'), "accounts[1].allowed_hosts"),
+        (('app_id = "wx2222222222222222"', 'app_id = "wx1111111111111111"'), "accounts[1]"),
+        (('title = "Sale"', 'link = "https://evil.com/"'), "accounts[0].share.rules[0]"),
+        (('path = "/sale/*"', 'path = "sale"'), "accounts[0].share.rules[0].path"),
+        (('name = "blog"', 'name = "blog"\ncolour = "red"'), "accounts[1].colour"),
+        (("[service]", "[servise]"), "servise"),
+        (("[service]", "[service"), "JSSDK_CONFIG"),
+    ],
+)
+def test_file_errors_name_the_field(tmp_path: Path, edit: tuple[str, str], field: str) -> None:
+    """Each bad value in the file is a ConfigError naming the field by its path in the file."""
+    text = TOML.replace(*edit, 1)
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"SHOP_SECRET": "x"}, write_config(tmp_path, text))
+    assert caught.value.field == field
+
+
+def test_app_id_in_the_environment_conflicts_with_file_accounts(tmp_path: Path) -> None:
+    """Accounts come from one place: JSSDK_APP_ID next to [[accounts]] is refused."""
+    with pytest.raises(ConfigError, match="JSSDK_APP_ID"):
+        load_settings({**ENV, "SHOP_SECRET": "x"}, write_config(tmp_path, TOML))
+
+
+def test_a_missing_file_is_named(tmp_path: Path) -> None:
+    """An unreadable config file is a ConfigError naming it."""
+    with pytest.raises(ConfigError, match="nope.toml"):
+        load_settings({}, str(tmp_path / "nope.toml"))
