@@ -20,6 +20,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -117,7 +118,7 @@ def main() -> int:
         return 2
 
     bare_port, service_port = free_port(), free_port()
-    bare_script = Path(os.environ.get("TMPDIR", "/tmp")) / "jssdk_bench_bare.py"
+    bare_script = Path(tempfile.gettempdir()) / "jssdk_bench_bare.py"
     bare_script.write_text(BARE_SERVER)
     bare_cmd = [sys.executable, str(bare_script), str(bare_port)]
     service_cmd = [sys.executable, "-m", "jssdk_service", "serve", "--sandbox", "--port", str(service_port)]

@@ -72,6 +72,8 @@ class AccountCredentials:
         self._cache = cache
         self._clock = clock
         self._ticket: JsapiTicket | None = None
+        # The current ticket's deadlines, copied out of it for the hot path.
+        self._usable_until = self._refresh_at = 0.0
         self._token: AccessToken | None = None
         self._flight: asyncio.Task[JsapiTicket] | None = None
         self._last_refresh: float | None = None
@@ -86,12 +88,11 @@ class AccountCredentials:
 
     def usable_ticket(self, now: float) -> JsapiTicket | None:
         """The hot path: the in-memory ticket if it may sign now; starts a background refresh when due."""
-        ticket = self._ticket
-        if ticket is None or not ticket.usable(now):
+        if now >= self._usable_until:
             return None
-        if not ticket.fresh(now) and self._flight is None and now >= self._blocked_until:
+        if now >= self._refresh_at and self._flight is None and now >= self._blocked_until:
             self._start_refresh()
-        return ticket
+        return self._ticket
 
     async def ticket(self) -> JsapiTicket:
         """A ticket that may sign now, waiting for the (single) refresh if there is none."""
@@ -127,6 +128,7 @@ class AccountCredentials:
             self._record_failure(exc)
             raise
         self._ticket = ticket
+        self._usable_until, self._refresh_at = ticket.usable_until, ticket.refresh_at
         self._last_refresh = self._clock()
         if self._error is not None:
             log.info("app=%s credentials recovered", self.account.name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Collection
 from typing import NamedTuple
 
 from jssdk_service.errors import HostNotAllowed, InvalidURL
@@ -13,8 +13,14 @@ from jssdk_service.signing import strip_fragment
 MAX_URL_LENGTH = 4096
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-# scheme://netloc rest: the split urlsplit makes, without its cost on the hot path.
+# scheme://netloc path: the split urlsplit makes, without its cost on the hot path.
 _ABSOLUTE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)([^?#]*)")
+_LABELS = r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?)*"
+# The everyday URL in one pass: lower-case http(s), a host name, an optional port, no control
+# characters anywhere. Anything else takes the general path below, which says what is wrong.
+_EVERYDAY = re.compile(
+    rf"(https?)://({_LABELS})(?::([1-9][0-9]{{0,4}}))?(/[^?#\x00-\x1f\x7f]*)?(?:\?[^#\x00-\x1f\x7f]*)?"
+)
 _HOSTNAME = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?)*\.?")
 
 
@@ -34,6 +40,17 @@ def parse_page_url(value: str | None) -> PageURL:
         raise InvalidURL("url is required")
     if len(value) > MAX_URL_LENGTH:
         raise InvalidURL(f"url is longer than {MAX_URL_LENGTH} characters")
+    everyday = _EVERYDAY.match(value)
+    if everyday is not None:
+        end = everyday.end()
+        whole = end == len(value) or (value[end] == "#" and not _CONTROL.search(value, end))
+        port = None if everyday[3] is None else int(everyday[3])
+        if whole and (port is None or port < 65536):
+            return PageURL(everyday[0], everyday[1], everyday[2], port, everyday[4] or "/")
+    return _parse_general(value)
+
+
+def _parse_general(value: str) -> PageURL:
     if _CONTROL.search(value):
         raise InvalidURL("url contains control characters")
     raw = strip_fragment(value)
@@ -85,12 +102,19 @@ def normalise_domain(domain: str) -> str:
     return domain.strip().lower().strip(".")
 
 
-def host_allowed(host: str, domains: Iterable[str]) -> bool:
+def host_allowed(host: str, domains: Collection[str]) -> bool:
     """True when `host` is one of `domains` or a subdomain of one (`a.example.com` for `example.com`)."""
-    return any(host == domain or host.endswith("." + domain) for domain in domains)
+    if host in domains:
+        return True
+    dot = host.find(".")
+    while dot >= 0:
+        if host[dot + 1 :] in domains:
+            return True
+        dot = host.find(".", dot + 1)
+    return False
 
 
-def require_allowed(host: str, domains: Iterable[str], *, what: str = "url") -> None:
+def require_allowed(host: str, domains: Collection[str], *, what: str = "url") -> None:
     """Raise `HostNotAllowed` unless `host_allowed`."""
     if not host_allowed(host, domains):
         raise HostNotAllowed(f"{what} host {host!r} is not a JS secure domain of this account")

@@ -11,7 +11,7 @@ signed page URL and must stay inside the account's JS secure domains.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -114,7 +114,7 @@ def _check_http_reference(value: str, *, where: str) -> None:
         raise InvalidShare(f"{where} must not be empty")
 
 
-def check_link_domain(fields: ShareFields, allowed_hosts: Iterable[str], *, where: str) -> None:
+def check_link_domain(fields: ShareFields, allowed_hosts: Collection[str], *, where: str) -> None:
     """Raise `HostNotAllowed` when an absolute (or protocol-relative) `link` leaves the JS secure domains."""
     if fields.link is None or not urlsplit(fields.link).netloc:
         return
@@ -125,7 +125,7 @@ def check_link_domain(fields: ShareFields, allowed_hosts: Iterable[str], *, wher
 def share_payloads(
     page: PageURL,
     policy: SharePolicy,
-    allowed_hosts: Iterable[str],
+    allowed_hosts: Collection[str],
     override: ShareFields | None = None,
 ) -> dict[str, dict[str, str]]:
     """`appMessage` and `timeline` payloads for `page`, ready for the two share APIs."""

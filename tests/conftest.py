@@ -16,8 +16,8 @@ from aiohttp import web
 from jssdk_service.config import Account, Secret, Settings
 from jssdk_service.sandbox import SandboxAccount, SandboxServer, WeChatSandbox
 from jssdk_service.share import SharePolicy
-from jssdk_service.wechat import RetryPolicy
 from jssdk_service.web import STORE, create_app
+from jssdk_service.wechat import RetryPolicy
 
 APP_ID = "wx1234567890abcdef"
 SECRET = "s3cr3t-app-secret-value-0123456789"

@@ -102,7 +102,9 @@ async def test_share_rules_and_overrides(
                                   "imgUrl": "https://m.example.com/i/shop.png"}  # fmt: skip
     assert body["config"]["openTagList"] == ["wx-open-launch-weapp"]
     share = {"title": "Mine", "link": "/landing", "imgUrl": "https://cdn.example.com/a.png"}
-    _, _, body = await post(http, f"{service.url}/v1/share", json={"url": "https://m.example.com/sale/x", "share": share})
+    _, _, body = await post(
+        http, f"{service.url}/v1/share", json={"url": "https://m.example.com/sale/x", "share": share}
+    )
     assert body["timeline"] == {"title": "Mine", "link": "https://m.example.com/landing",
                                 "imgUrl": "https://cdn.example.com/a.png"}  # fmt: skip
 
@@ -114,12 +116,16 @@ async def test_several_accounts_are_selected_by_app(
     other = make_account(name="other", app_id=OTHER_APP_ID, secret=Secret(OTHER_SECRET), allowed_hosts=("other.com",))
     service = await start_service(accounts=(make_account(), other))
     for app in ("other", OTHER_APP_ID):
-        status, _, config = await get(http, f"{service.url}/v1/signature", params={"url": "https://other.com/", "app": app})
+        status, _, config = await get(
+            http, f"{service.url}/v1/signature", params={"url": "https://other.com/", "app": app}
+        )
         assert (status, config["appId"]) == (200, OTHER_APP_ID)
         assert_verifies(sandbox, config, "https://other.com/")
     status, _, body = await get(http, f"{service.url}/v1/signature", params={"url": "https://other.com/"})
     assert (status, body["error"]["code"]) == (404, "unknown_app")
-    status, _, body = await get(http, f"{service.url}/v1/signature", params={"url": "https://other.com/", "app": "main"})
+    status, _, body = await get(
+        http, f"{service.url}/v1/signature", params={"url": "https://other.com/", "app": "main"}
+    )
     assert (status, body["error"]["code"]) == (403, "host_not_allowed")
 
 
@@ -194,7 +200,9 @@ async def test_a_wrong_secret_is_upstream_rejected_naming_40125(
     assert headers["Cache-Control"] == "no-store"
 
 
-async def test_unreachable_wechat_is_upstream_unavailable(start_service: ServiceFactory, http: aiohttp.ClientSession) -> None:
+async def test_unreachable_wechat_is_upstream_unavailable(
+    start_service: ServiceFactory, http: aiohttp.ClientSession
+) -> None:
     """With nothing cached and no base answering, requests get 503 upstream_unavailable."""
     service = await start_service(api_bases=(closed_port_url(), closed_port_url()))
     status, _, body = await get(http, f"{service.url}/v1/share", params={"url": PAGE})
@@ -223,7 +231,9 @@ async def test_preflight_allows_the_post_forms(service: RunningService, http: ai
         assert response.headers["Access-Control-Allow-Origin"] == "https://example.com"
         assert "POST" in response.headers["Access-Control-Allow-Methods"]
         assert "Content-Type" in response.headers["Access-Control-Allow-Headers"]
-    async with http.options(f"{service.url}/v1/signature", headers={**preflight, "Origin": "https://evil.com"}) as response:
+    async with http.options(
+        f"{service.url}/v1/signature", headers={**preflight, "Origin": "https://evil.com"}
+    ) as response:
         assert response.status == 204
         assert "Access-Control-Allow-Origin" not in response.headers
 

@@ -131,7 +131,7 @@ def test_environment_overrides_single_values_of_the_file(tmp_path: Path) -> None
         (('secret_env = "SHOP_SECRET"', 'secret = "inline"'), "accounts[0].secret"),
         (('secret_env = "SHOP_SECRET"', 'secret_env = "MISSING_VAR"'), "accounts[0].secret_env"),
         (('token_api = "classic"', 'token_api = "quick"'), "accounts[0].token_api"),
-        (('allowed_hosts = ["blog.example.com"]', 'allowed_hosts = []'), "accounts[1].allowed_hosts"),
+        (('allowed_hosts = ["blog.example.com"]', "allowed_hosts = []"), "accounts[1].allowed_hosts"),
         (('app_id = "wx2222222222222222"', 'app_id = "wx1111111111111111"'), "accounts[1]"),
         (('title = "Sale"', 'link = "https://evil.com/"'), "accounts[0].share.rules[0]"),
         (('path = "/sale/*"', 'path = "sale"'), "accounts[0].share.rules[0].path"),
@@ -156,5 +156,5 @@ def test_app_id_in_the_environment_conflicts_with_file_accounts(tmp_path: Path) 
 
 def test_a_missing_file_is_named(tmp_path: Path) -> None:
     """An unreadable config file is a ConfigError naming it."""
-    with pytest.raises(ConfigError, match="nope.toml"):
+    with pytest.raises(ConfigError, match=r"nope\.toml"):
         load_settings({}, str(tmp_path / "nope.toml"))

@@ -10,7 +10,6 @@ import aiohttp
 
 from jssdk_service.config import Secret
 from jssdk_service.sandbox import WeChatSandbox
-
 from jssdk_service.web import STORE
 
 from .conftest import APP_ID, RunningService, ServiceFactory, make_account

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from jssdk_service.errors import HostNotAllowed, InvalidURL
-from jssdk_service.pageurl import host_allowed, parse_page_url, require_allowed
+from jssdk_service.pageurl import PageURL, host_allowed, parse_page_url, require_allowed
 
 
 @pytest.mark.parametrize(
@@ -78,5 +80,40 @@ def test_parent_domains_cover_subdomains_only(host: str, allowed: bool) -> None:
 
 def test_require_allowed_names_the_host() -> None:
     """A refused host is named in the error."""
-    with pytest.raises(HostNotAllowed, match="evil.com"):
+    with pytest.raises(HostNotAllowed, match=r"evil\.com"):
         require_allowed("evil.com", ["example.com"])
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://example.com/product/42?from=timeline&utm_source=wechat",
+        "http://localhost:8080",
+        "https://a.b.example.com:8443/x/y/?q=1#frag",
+        "https://example.com?q#f",
+        "https://example.com/a b?c d",
+        "https://example.com/p#x\x01",
+        "https://example.com:65535/",
+        "https://example.com:65536/",
+        "https://example.com:080/",
+        "https://example.com./p",
+        "https://example.com@evil.com/",
+        "https://example.com\\@evil.com/",
+        "https://example.com:80abc/",
+        "https://-example.com/",
+        "https://exa_mple.com/",
+        "HTTPS://EXAMPLE.COM/P",
+        "http://[::1]:80/",
+    ],
+)
+def test_the_fast_path_agrees_with_the_general_parser(url: str) -> None:
+    """The one-regex fast path accepts and refuses exactly what the general parser does."""
+    from jssdk_service.pageurl import _parse_general
+
+    def outcome(parse: Callable[[str], PageURL]) -> PageURL | str:
+        try:
+            return parse(url)
+        except InvalidURL:
+            return "invalid"
+
+    assert outcome(parse_page_url) == outcome(_parse_general)

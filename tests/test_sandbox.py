@@ -100,7 +100,9 @@ async def test_daily_quota_and_its_reset(sandbox: WeChatSandbox, sandbox_url: st
         quota = await client.post(f"{sandbox_url}/cgi-bin/openapi/quota/get", params={"access_token": live},
                                   json={"cgi_path": "/cgi-bin/token"})  # fmt: skip
         assert quota.json()["quota"] == {"daily_limit": 2, "used": 2, "remain": 0}
-        cleared = await client.post(f"{sandbox_url}/cgi-bin/clear_quota/v2", json={"appid": APP_ID, "appsecret": SECRET})
+        cleared = await client.post(
+            f"{sandbox_url}/cgi-bin/clear_quota/v2", json={"appid": APP_ID, "appsecret": SECRET}
+        )
         assert cleared.json()["errcode"] == 0
         assert "access_token" in await token(client, sandbox_url)
 

@@ -16,7 +16,10 @@ from .conftest import APP_ID, SECRET, ServiceFactory, make_account
 
 
 async def test_no_secret_or_credential_in_logs_or_responses(
-    start_service: ServiceFactory, sandbox: WeChatSandbox, http: aiohttp.ClientSession, all_logs: pytest.LogCaptureFixture
+    start_service: ServiceFactory,
+    sandbox: WeChatSandbox,
+    http: aiohttp.ClientSession,
+    all_logs: pytest.LogCaptureFixture,
 ) -> None:
     """Through a cold start, a knocked-out token, refreshes and every kind of error, nothing leaks."""
     sandbox.ticket_expires_in = 2
