@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,7 @@ from jssdk_service.wechat import WeChatClient
 
 log = logging.getLogger("jssdk_service.credentials")
 
+RECENT_TICKETS = 5
 # Negative caching: a rejected configuration is retried on a slow, growing schedule.
 REJECTED_RETRY = (30.0, 900.0)
 # A failure with nothing usable left blocks new upstream attempts briefly, growing to a cap.
@@ -72,6 +74,8 @@ class AccountCredentials:
         self._cache = cache
         self._clock = clock
         self._ticket: JsapiTicket | None = None
+        # The last few tickets, newest first, for diagnosing signatures made with an earlier one.
+        self.recent_tickets: deque[JsapiTicket] = deque(maxlen=RECENT_TICKETS)
         # The current ticket's deadlines, copied out of it for the hot path.
         self._usable_until = self._refresh_at = 0.0
         self._token: AccessToken | None = None
@@ -127,6 +131,8 @@ class AccountCredentials:
         except UpstreamError as exc:
             self._record_failure(exc)
             raise
+        if ticket != self._ticket:
+            self.recent_tickets.appendleft(ticket)
         self._ticket = ticket
         self._usable_until, self._refresh_at = ticket.usable_until, ticket.refresh_at
         self._last_refresh = self._clock()

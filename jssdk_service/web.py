@@ -33,7 +33,7 @@ from jssdk_service.pageurl import PageURL, host_allowed, parse_page_url, require
 from jssdk_service.share import ShareFields, check_link_domain, share_fields_from_mapping, share_payloads
 from jssdk_service.signing import NonceSource, sign_url
 from jssdk_service.tokens import JsapiTicket
-from jssdk_service.wechat import RetryPolicy, WeChatClient
+from jssdk_service.wechat import CallObserver, RetryPolicy, WeChatClient
 
 log = logging.getLogger("jssdk_service.web")
 
@@ -44,6 +44,8 @@ WECHAT = web.AppKey("wechat", WeChatClient)
 STORE = web.AppKey("store", CredentialStore)
 NONCES = web.AppKey("nonces", NonceSource)
 ALL_DOMAINS: web.AppKey[tuple[str, ...]] = web.AppKey("all_domains")
+# Called once per HTTP call to WeChat; fill before start-up (metrics, daily usage counting).
+CALL_OBSERVERS: web.AppKey[list[CallObserver]] = web.AppKey("call_observers")
 ACCOUNT = web.RequestKey("account", Account)
 
 # Each error class maps to one status and code; the most specific class in the MRO wins.
@@ -77,8 +79,12 @@ def create_app(
     app[NONCES] = NonceSource()
     app[ALL_DOMAINS] = tuple({d for a in settings.accounts for d in a.allowed_hosts})
 
+    app[CALL_OBSERVERS] = []
+
     async def wechat_client(app: web.Application) -> AsyncIterator[None]:
-        client = WeChatClient(settings.api_bases, policy=retry_policy, clock=clock, transport=transport)
+        observers: list[CallObserver] = app[CALL_OBSERVERS]
+        client = WeChatClient(settings.api_bases, policy=retry_policy, observers=observers, clock=clock,
+                              transport=transport)  # fmt: skip
         app[WECHAT] = client
         yield
         await client.aclose()

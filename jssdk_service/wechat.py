@@ -68,13 +68,13 @@ class WeChatClient:
         bases: Sequence[str],
         *,
         policy: RetryPolicy | None = None,
-        observer: CallObserver | None = None,
+        observers: Sequence[CallObserver] = (),
         clock: Callable[[], float] = time.time,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._bases = tuple(bases)
         self._policy = policy = policy or RetryPolicy()
-        self._observer = observer
+        self._observers = tuple(observers)
         self._clock = clock
         self._cooling_until: dict[str, float] = {}
         # limits belong on the transport: httpx ignores `limits=` when a transport is passed.
@@ -215,8 +215,8 @@ class WeChatClient:
         return ready or sorted(self._bases, key=lambda base: self._cooling_until.get(base, 0.0))
 
     def _observe(self, app_id: str, api: str, outcome: str) -> None:
-        if self._observer is not None:
-            self._observer(app_id, api, outcome)
+        for observer in self._observers:
+            observer(app_id, api, outcome)
 
 
 def _scrub(text: str, hidden: tuple[str, ...]) -> str:
