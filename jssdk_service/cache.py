@@ -2,19 +2,50 @@
 
 The credential store is the only user. Records are JSON objects stored as strings, so no caller
 ever holds the cached object itself, and every backend sees the same bytes.
+
+- `MemoryCache` (`memory://`): one process; its lock always succeeds because the credential store
+  already refreshes one account at a time within a process.
+- `RedisCache` (`redis://`, `rediss://`): shared by every process and host. Its lock is a real
+  Redis lock (SET NX PX with a unique owner, released by a compare-and-delete script), which
+  aiocache's RedLock is not: that one only de-duplicates callers inside one process. A holder that
+  dies stops blocking others when its lease runs out. While Redis is unreachable every operation
+  degrades to "not found / not shared" instead of failing, the outage is logged once, and the next
+  operation that succeeds ends it: the service keeps signing from memory and refreshes on its own.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit
 
 import orjson
+import redis.exceptions
+from aiocache import RedisCache as AiocacheRedis
 from aiocache import SimpleMemoryCache
 from aiocache.serializers import StringSerializer
+
+log = logging.getLogger("jssdk_service.cache")
+
+NAMESPACE = "jssdk"
+
+# Delete KEY only while its record's "value" is still ARGV[1]: compare-and-refresh for the fleet.
+_DELETE_IF_VALUE = """
+local current = redis.call('get', KEYS[1])
+if current and cjson.decode(current)['value'] == ARGV[1] then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
+# Release a lock only if we still own it (a lease that ran out may belong to another process now).
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
 class SharedCache(Protocol):
     """Where credentials live between refreshes, shared by whoever can reach the backend."""
+
+    shared: bool
+    """True when other processes see the same data (Redis)."""
 
     async def get(self, key: str) -> dict[str, Any] | None: ...
 
@@ -24,14 +55,34 @@ class SharedCache(Protocol):
         """Delete the record at `key` only if its `value` is still `value`; True when deleted."""
         ...
 
+    async def increment(self, key: str, by: int, ttl: float) -> int | None:
+        """Add `by` to a counter that expires `ttl` seconds after its creation; None if unknown."""
+        ...
+
+    async def counter(self, key: str) -> int:
+        """The counter's value (0 when missing or unknown)."""
+        ...
+
+    async def acquire(self, key: str, owner: str, lease: float) -> bool:
+        """Take the lock `key` for `lease` seconds unless someone else holds it."""
+        ...
+
+    async def release(self, key: str, owner: str) -> None: ...
+
+    def health(self) -> dict[str, Any]:
+        """What /readyz says about the cache."""
+        ...
+
     async def close(self) -> None: ...
 
 
 class MemoryCache:
     """One process's cache (aiocache's memory backend): the default, and enough for one process."""
 
-    def __init__(self, namespace: str = "jssdk") -> None:
-        self._cache = SimpleMemoryCache(serializer=StringSerializer(), namespace=f"{namespace}:", timeout=None)
+    shared = False
+
+    def __init__(self) -> None:
+        self._cache = SimpleMemoryCache(serializer=StringSerializer(), namespace=f"{NAMESPACE}:", timeout=None)
 
     async def get(self, key: str) -> dict[str, Any] | None:
         text = await self._cache.get(key)
@@ -49,8 +100,113 @@ class MemoryCache:
         await self._cache.delete(key)
         return True
 
+    async def increment(self, key: str, by: int, ttl: float) -> int | None:
+        count = int(await self._cache.increment(key, by))
+        if count == by:
+            await self._cache.expire(key, ttl)
+        return count
+
+    async def counter(self, key: str) -> int:
+        return int(await self._cache.get(key) or 0)
+
+    async def acquire(self, key: str, owner: str, lease: float) -> bool:
+        return True
+
+    async def release(self, key: str, owner: str) -> None:
+        return None
+
+    def health(self) -> dict[str, Any]:
+        return {"backend": "memory", "ok": True}
+
     async def close(self) -> None:
         await self._cache.close()
+
+
+class RedisCache:
+    """The fleet's cache: aiocache's Redis backend, namespaced, degrading to memory-only on outages."""
+
+    shared = True
+
+    def __init__(self, url: str, *, password: str | None = None, op_timeout: float = 1.0) -> None:
+        parts = urlsplit(url)
+        db = (parts.path or "/0").strip("/") or "0"
+        self._where = f"{parts.scheme}://{parts.hostname or '127.0.0.1'}:{parts.port or 6379}/{db}"
+        self._cache = AiocacheRedis(
+            serializer=StringSerializer(),
+            namespace=NAMESPACE,
+            timeout=op_timeout,
+            endpoint=parts.hostname or "127.0.0.1",
+            port=parts.port or 6379,
+            db=int(db),
+            password=unquote(parts.password) if parts.password else password,
+            ssl=parts.scheme == "rediss",
+            create_connection_timeout=op_timeout,
+            connection_pool_kwargs={"socket_timeout": op_timeout},
+        )
+        self._error: str | None = None
+
+    def __repr__(self) -> str:
+        return f"RedisCache({self._where!r})"
+
+    async def get(self, key: str) -> dict[str, Any] | None:
+        text = await self._guard(self._cache.get(key))
+        return None if text is None else _decode(text)
+
+    async def set(self, key: str, record: dict[str, Any], ttl: float) -> None:
+        await self._guard(self._cache.set(key, orjson.dumps(record).decode(), ttl=max(float(ttl), 0.001)))
+
+    async def delete_if_value(self, key: str, value: str) -> bool:
+        raw = self._cache._build_key(key)
+        return bool(await self._guard(self._cache.client.eval(_DELETE_IF_VALUE, 1, raw, value)))
+
+    async def increment(self, key: str, by: int, ttl: float) -> int | None:
+        raw = self._cache._build_key(key)
+
+        async def incr() -> int:
+            async with self._cache.client.pipeline(transaction=True) as pipe:
+                pipe.incrby(raw, by)
+                pipe.expire(raw, int(ttl), nx=True)
+                count, _ = await pipe.execute()
+            return int(count)
+
+        count = await self._guard(incr())
+        return None if count is None else int(count)
+
+    async def counter(self, key: str) -> int:
+        return int(await self._guard(self._cache.get(key)) or 0)
+
+    async def acquire(self, key: str, owner: str, lease: float) -> bool:
+        raw = self._cache._build_key(key)
+        taken = await self._guard(self._cache.client.set(raw, owner, nx=True, px=max(1, int(lease * 1000))))
+        # With Redis unreachable there is no one to coordinate with: refresh on our own.
+        return True if self._error is not None else bool(taken)
+
+    async def release(self, key: str, owner: str) -> None:
+        await self._guard(self._cache.client.eval(_RELEASE, 1, self._cache._build_key(key), owner))
+
+    def health(self) -> dict[str, Any]:
+        status: dict[str, Any] = {"backend": "redis", "url": self._where, "ok": self._error is None}
+        if self._error is not None:
+            status["error"] = self._error
+        return status
+
+    async def close(self) -> None:
+        await self._cache.close()
+
+    async def _guard(self, operation: Any) -> Any:
+        """Run one Redis operation; on an outage, log it once and answer None."""
+        try:
+            result = await operation
+        except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+            if self._error is None:
+                log.warning("cache %s unreachable (%s): serving from memory, refreshing without the fleet",
+                            self._where, type(exc).__name__)  # fmt: skip
+            self._error = type(exc).__name__
+            return None
+        if self._error is not None:
+            log.warning("cache %s reachable again: sharing credentials with the fleet", self._where)
+            self._error = None
+        return result
 
 
 def _decode(text: str) -> dict[str, Any]:
@@ -58,8 +214,8 @@ def _decode(text: str) -> dict[str, Any]:
     return record if isinstance(record, dict) else {}
 
 
-def open_cache(url: str) -> SharedCache:
+def open_cache(url: str, *, password: str | None = None) -> SharedCache:
     """The cache named by `JSSDK_CACHE_URL`."""
     if url.startswith("memory:"):
         return MemoryCache()
-    raise ValueError(f"unsupported cache URL scheme in {url.split(':', 1)[0]!r}")
+    return RedisCache(url, password=password)

@@ -75,6 +75,8 @@ class Settings:
     port: int = 8080
     admin_token: Secret | None = None
     log_level: str = "INFO"
+    redis_password: Secret | None = None
+    lock_lease: float = 20.0
 
     def account(self, key: str | None) -> Account | None:
         """The account named `key` (its name or appId), or the only one when `key` is empty."""
@@ -118,6 +120,8 @@ def load_settings(env: Mapping[str, str], config_path: str | None = None) -> Set
         port=parse_port(pick("JSSDK_PORT", "port") or 8080, "JSSDK_PORT"),
         admin_token=Secret(env["JSSDK_ADMIN_TOKEN"]) if env.get("JSSDK_ADMIN_TOKEN") else None,
         log_level=_log_level(pick("JSSDK_LOG_LEVEL", "log_level") or "INFO"),
+        redis_password=Secret(env["JSSDK_REDIS_PASSWORD"]) if env.get("JSSDK_REDIS_PASSWORD") else None,
+        lock_lease=_seconds(pick("JSSDK_LOCK_LEASE", "lock_lease") or 20.0, "JSSDK_LOCK_LEASE"),
     )
 
 
@@ -314,6 +318,16 @@ def _log_level(value: Any) -> str:
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ConfigError("JSSDK_LOG_LEVEL", f"has value {value!r}; expected DEBUG, INFO, WARNING or ERROR")
     return level
+
+
+def _seconds(value: Any, field_name: str) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not 0 < seconds <= 3600:
+        raise ConfigError(field_name, f"has value {value!r}; expected seconds between 0 and 3600")
+    return seconds
 
 
 def parse_port(value: Any, field_name: str) -> int:

@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,11 @@ from jssdk_service.wechat import WeChatClient
 log = logging.getLogger("jssdk_service.credentials")
 
 RECENT_TICKETS = 5
+# How often a process waiting on another's refresh looks for its result.
+LOCK_POLL = 0.05
+# Published daily quotas per API (WECHAT.md §1); getticket's is not published.
+KNOWN_DAILY_QUOTAS = {"token": 2000, "stable_token": 500_000}
+QUOTA_WARNING = 0.8
 # Negative caching: a rejected configuration is retried on a slow, growing schedule.
 REJECTED_RETRY = (30.0, 900.0)
 # A failure with nothing usable left blocks new upstream attempts briefly, growing to a cap.
@@ -56,6 +62,8 @@ class AccountStatus:
     last_refresh: float | None
     last_error: str | None
     errcode: int | None
+    fix: str | None
+    retry_in: float | None
 
 
 class AccountCredentials:
@@ -68,8 +76,12 @@ class AccountCredentials:
         cache: SharedCache,
         *,
         clock: Callable[[], float] = time.time,
+        lock_lease: float = 20.0,
+        usage: UpstreamUsage | None = None,
     ) -> None:
         self.account = account
+        self._lock_lease = lock_lease
+        self._usage = usage
         self._client = client
         self._cache = cache
         self._clock = clock
@@ -86,6 +98,7 @@ class AccountCredentials:
         self._failures = 0
         self._ticket_key = f"{account.app_id}:ticket"
         self._token_key = f"{account.app_id}:token:{account.token_api}"
+        self._lock_key = f"{account.app_id}:refresh-lock"
 
     def __repr__(self) -> str:
         return f"AccountCredentials(app={self.account.name!r})"
@@ -131,6 +144,9 @@ class AccountCredentials:
         except UpstreamError as exc:
             self._record_failure(exc)
             raise
+        finally:
+            if self._usage is not None:
+                await self._usage.flush(self._cache)
         if ticket != self._ticket:
             self.recent_tickets.appendleft(ticket)
         self._ticket = ticket
@@ -142,11 +158,31 @@ class AccountCredentials:
         return ticket
 
     async def _shared_or_new_ticket(self) -> JsapiTicket:
-        record = await self._cache.get(self._ticket_key)
-        if record is not None:
-            shared = JsapiTicket.from_record(record)
-            if shared.fresh(self._clock()):
+        """The fleet's ticket if another process already renewed it, else a new one, under the lock."""
+        shared = await self._shared_ticket()
+        if shared is not None:
+            return shared
+        owner = secrets.token_hex(8)
+        while not await self._cache.acquire(self._lock_key, owner, self._lock_lease):
+            # Another process is refreshing: wait for its ticket. The lease bounds the wait when
+            # that process has died; meanwhile requests keep signing with the ticket in memory.
+            await asyncio.sleep(LOCK_POLL)
+            shared = await self._shared_ticket()
+            if shared is not None:
                 return shared
+        try:
+            return await self._shared_ticket() or await self._new_ticket()
+        finally:
+            await self._cache.release(self._lock_key, owner)
+
+    async def _shared_ticket(self) -> JsapiTicket | None:
+        record = await self._cache.get(self._ticket_key)
+        if record is None:
+            return None
+        shared = JsapiTicket.from_record(record)
+        return shared if shared.fresh(self._clock()) and shared != self._ticket else None
+
+    async def _new_ticket(self) -> JsapiTicket:
         token = await self._fresh_token()
         try:
             ticket = await self._client.fetch_ticket(app_id=self.account.app_id, token=token)
@@ -168,15 +204,19 @@ class AccountCredentials:
         return ticket
 
     async def _fresh_token(self) -> AccessToken:
-        now = self._clock()
-        if self._token is not None and self._token.fresh(now):
-            return self._token
+        """The fleet's token when it is fresh, else a new one (the caller holds the refresh lock).
+
+        The shared copy is read every time: another process may have replaced the token, and a
+        classic token kept from before would die after WeChat's overlap.
+        """
         record = await self._cache.get(self._token_key)
         if record is not None:
             shared = AccessToken.from_record(record)
-            if shared.fresh(now):
+            if shared.fresh(self._clock()):
                 self._token = shared
                 return shared
+        elif not self._cache.shared and self._token is not None and self._token.fresh(self._clock()):
+            return self._token
         account = self.account
         token = await self._client.fetch_token(
             app_id=account.app_id, secret=account.secret.reveal(), api=account.token_api
@@ -188,7 +228,11 @@ class AccountCredentials:
         return token
 
     async def _drop_token(self, failed: AccessToken) -> None:
-        """Forget `failed` here and in the shared cache, but only if it is still the current one."""
+        """Forget `failed` here and in the shared cache, but only if it is still the current one.
+
+        Compare-and-delete: when several processes see the same failure, the first replaces the
+        token and the others find the new one, so one failure costs one new token.
+        """
         if self._token is not None and self._token.value == failed.value:
             self._token = None
         await self._cache.delete_if_value(self._token_key, failed.value)
@@ -211,6 +255,10 @@ class AccountCredentials:
             serving = "still serving the current ticket" if ticket and ticket.usable(now) else "nothing valid to serve"
             log.warning("app=%s refresh failed: %s; %s; next try in %.0fs",
                         self.account.name, exc, serving, self._blocked_until - now)  # fmt: skip
+
+    async def calls_today(self) -> dict[str, int]:
+        """Upstream calls per API today (China time) for this account, across the fleet."""
+        return {} if self._usage is None else await self._usage.today(self._cache, self.account.app_id)
 
     def next_refresh_delay(self) -> float:
         """Seconds until the background task should look again."""
@@ -251,6 +299,8 @@ class AccountCredentials:
             last_refresh=self._last_refresh,
             last_error=None if error is None else str(error),
             errcode=getattr(error, "errcode", None),
+            fix=getattr(error, "fix", None) or None,
+            retry_in=round(self._blocked_until - now, 1) if error is not None and self._blocked_until > now else None,
         )
 
 
@@ -264,8 +314,13 @@ class CredentialStore:
         cache: SharedCache,
         *,
         clock: Callable[[], float] = time.time,
+        lock_lease: float = 20.0,
+        usage: UpstreamUsage | None = None,
     ) -> None:
-        self._by_app_id = {a.app_id: AccountCredentials(a, client, cache, clock=clock) for a in accounts}
+        self._by_app_id = {
+            a.app_id: AccountCredentials(a, client, cache, clock=clock, lock_lease=lock_lease, usage=usage)
+            for a in accounts
+        }
         self._tasks: list[asyncio.Task[Any]] = []
 
     def __getitem__(self, app_id: str) -> AccountCredentials:
@@ -283,6 +338,41 @@ class CredentialStore:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+
+
+class UpstreamUsage:
+    """Upstream calls per account, API and China day, counted in the shared cache (the fleet counts together).
+
+    `record` is a WeChat client call observer (sync, no I/O); `flush` adds what was recorded to
+    the shared counters and warns once a day per API at 80% of a published quota.
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._pending: Counter[tuple[str, str]] = Counter()
+        self._warned: set[str] = set()
+
+    def record(self, app_id: str, api: str, outcome: str) -> None:
+        if app_id:
+            self._pending[(app_id, api)] += 1
+
+    async def flush(self, cache: SharedCache) -> None:
+        pending, self._pending = self._pending, Counter()
+        for (app_id, api), calls in pending.items():
+            key = self._key(app_id, api)
+            count = await cache.increment(key, calls, 2 * 86400)
+            quota = KNOWN_DAILY_QUOTAS.get(api)
+            if count is not None and quota is not None and count >= QUOTA_WARNING * quota and key not in self._warned:
+                self._warned.add(key)
+                log.warning("app=%s %s calls today: %d of the daily quota of %d", app_id, api, count, quota)
+
+    async def today(self, cache: SharedCache, app_id: str) -> dict[str, int]:
+        """Calls to each API today (China time) for `app_id`, across the fleet."""
+        return {api: await cache.counter(self._key(app_id, api)) for api in ("token", "stable_token", "getticket")}
+
+    def _key(self, app_id: str, api: str) -> str:
+        day = int((self._clock() + _CHINA_UTC_OFFSET) // 86400)
+        return f"{app_id}:calls:{api}:{day}"
 
 
 def _backoff(bounds: tuple[float, float], failures: int) -> float:

@@ -86,10 +86,11 @@ class RateLimited(UpstreamUnavailable):
 class UpstreamRejected(UpstreamError):
     """WeChat refused the request for a reason retrying will not fix (a configuration error)."""
 
-    def __init__(self, errcode: int, errmsg: str, *, app_id: str = "", api: str = "") -> None:
+    def __init__(self, errcode: int, errmsg: str, *, app_id: str = "", api: str = "", fix: str = "") -> None:
         super().__init__(f"WeChat errcode {errcode}: {errmsg}", app_id=app_id, api=api)
         self.errcode = errcode
         self.errmsg = errmsg
+        self.fix = fix
 
 
 class QuotaExhausted(UpstreamRejected):

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from jssdk_service.cache import SharedCache, open_cache
 from jssdk_service.config import Account, Settings
-from jssdk_service.credentials import CredentialStore
+from jssdk_service.credentials import CredentialStore, UpstreamUsage
 from jssdk_service.errors import (
     HostNotAllowed,
     InvalidRequest,
@@ -79,7 +79,9 @@ def create_app(
     app[NONCES] = NonceSource()
     app[ALL_DOMAINS] = tuple({d for a in settings.accounts for d in a.allowed_hosts})
 
-    app[CALL_OBSERVERS] = []
+    usage = UpstreamUsage(clock=clock)
+    observers: list[CallObserver] = [usage.record]
+    app[CALL_OBSERVERS] = observers
 
     async def wechat_client(app: web.Application) -> AsyncIterator[None]:
         observers: list[CallObserver] = app[CALL_OBSERVERS]
@@ -90,13 +92,15 @@ def create_app(
         await client.aclose()
 
     async def shared_cache(app: web.Application) -> AsyncIterator[None]:
-        cache = open_cache(settings.cache_url)
+        password = settings.redis_password.reveal() if settings.redis_password else None
+        cache = open_cache(settings.cache_url, password=password)
         app[CACHE] = cache
         yield
         await cache.close()
 
     async def credential_store(app: web.Application) -> AsyncIterator[None]:
-        store = CredentialStore(settings.accounts, app[WECHAT], app[CACHE], clock=clock)
+        store = CredentialStore(settings.accounts, app[WECHAT], app[CACHE], clock=clock,
+                                lock_lease=settings.lock_lease, usage=usage)  # fmt: skip
         app[STORE] = store
         store.start()
         yield
@@ -174,12 +178,18 @@ async def readyz(request: web.Request) -> web.Response:
     """200 when every account has a usable ticket; 503 with each account's reason otherwise."""
     statuses = [creds.status() for creds in request.app[STORE]]
     ready = all(s.ready for s in statuses)
-    accounts = [
-        {"app": s.name, "appId": s.app_id, "ready": s.ready, "reason": s.reason,
-         "ticketExpiresIn": s.ticket_expires_in, **({"errcode": s.errcode} if s.errcode is not None else {})}
-        for s in statuses
-    ]  # fmt: skip
-    return _json({"status": "ready" if ready else "unready", "accounts": accounts}, status=200 if ready else 503)
+    accounts = []
+    for s in statuses:
+        entry: dict[str, Any] = {"app": s.name, "appId": s.app_id, "ready": s.ready, "reason": s.reason,
+                                 "ticketExpiresIn": s.ticket_expires_in}  # fmt: skip
+        optional = {"errcode": s.errcode, "fix": s.fix, "retryIn": s.retry_in}
+        entry.update({key: value for key, value in optional.items() if value is not None})
+        accounts.append(entry)
+    cache = request.app[CACHE].health()
+    body = {"status": "ready" if ready else "unready", "accounts": accounts, "cache": cache}
+    if not cache["ok"]:
+        body["degraded"] = "the shared cache is unreachable: serving from memory, refreshing without the fleet"
+    return _json(body, status=200 if ready else 503)
 
 
 # -- the pieces ------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -205,8 +206,8 @@ class WeChatClient:
         if errcode == MINUTE_QUOTA:
             raise RateLimited(f"WeChat errcode 45011: {errmsg}", app_id=app_id, api=api)
         if errcode == DAILY_QUOTA:
-            raise QuotaExhausted(errcode, errmsg, app_id=app_id, api=api)
-        raise UpstreamRejected(errcode, errmsg, app_id=app_id, api=api)
+            raise QuotaExhausted(errcode, errmsg, app_id=app_id, api=api, fix=fix_for(errcode, errmsg, api))
+        raise UpstreamRejected(errcode, errmsg, app_id=app_id, api=api, fix=fix_for(errcode, errmsg, api))
 
     def _ordered_bases(self) -> list[str]:
         now = time.monotonic()
@@ -217,6 +218,35 @@ class WeChatClient:
     def _observe(self, app_id: str, api: str, outcome: str) -> None:
         for observer in self._observers:
             observer(app_id, api, outcome)
+
+
+_FIXES = {
+    40001: "WeChat refused the AppSecret: check the account's secret (JSSDK_APP_SECRET or its file)",
+    40002: "the grant type was refused: report this as a jssdk-service bug",
+    40013: "WeChat does not know this appId: check app_id (JSSDK_APP_ID)",
+    40125: "WeChat refused the AppSecret: check the account's secret (JSSDK_APP_SECRET or its file)",
+    40243: "the AppSecret is frozen: unfreeze or reset it in the WeChat admin console",
+    41002: "the appId is missing: set app_id (JSSDK_APP_ID)",
+    41004: "the AppSecret is missing: set the account's secret",
+    45009: "the daily quota is spent: calls resume after midnight China time, or reset it with "
+    "POST /cgi-bin/clear_quota/v2 (10 times a month)",
+    48001: "the account lacks permission for this API: check its verification and interface permissions",
+    50004: "the account is frozen: see the WeChat admin console",
+    50007: "the account is limited: see the WeChat admin console",
+}
+
+
+def fix_for(errcode: int, errmsg: str, api: str) -> str:
+    """What an operator should do about a refused call, in one sentence."""
+    if errcode in (40164, 61004):
+        found = re.search(r"invalid ip ([0-9a-fA-F.:]+)", errmsg)
+        ip = found.group(1) if found else "this server's egress IP"
+        return f"add {ip} to the account's API IP whitelist in the WeChat admin console"
+    if 89501 <= errcode <= 89507:
+        return "WeChat is waiting for the account administrator to confirm this IP: retrying later"
+    if errcode == 40001 and api == "getticket":
+        return "the access_token was refused: it is replaced automatically"
+    return _FIXES.get(errcode, "see WeChat's errcode list; retrying on a slow schedule")
 
 
 def _scrub(text: str, hidden: tuple[str, ...]) -> str:
