@@ -22,17 +22,18 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="TOML file with [[accounts]] (or JSSDK_CONFIG)")
     serve.add_argument("--host", help="listen address (or JSSDK_HOST; default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (or JSSDK_PORT; default 8080)")
+    serve.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="N processes on one port; N > 1 needs JSSDK_CACHE_URL=redis://...")  # fmt: skip
     serve.add_argument("--sandbox", action="store_true", help="talk to an in-process WeChat emulator")
-    serve.add_argument("--sandbox-expires-in", type=int, default=7200, metavar="S",
-                       help="lifetime of sandbox tokens and tickets in seconds (default 7200)")  # fmt: skip
-    serve.add_argument("--sandbox-error-rate", type=float, default=0.0, metavar="R",
-                       help="share of sandbox calls answered with --sandbox-errcode (0-1)")  # fmt: skip
-    serve.add_argument("--sandbox-errcode", type=int, default=-1, metavar="N",
-                       help="the errcode of injected errors (default -1, system busy)")  # fmt: skip
-    serve.add_argument("--sandbox-http500-rate", type=float, default=0.0, metavar="R",
-                       help="share of sandbox calls answered with HTTP 500 (0-1)")  # fmt: skip
-    serve.add_argument("--sandbox-delay", type=float, default=0.0, metavar="S",
-                       help="seconds every sandbox call waits before answering")  # fmt: skip
+    rehearsal = serve.add_argument_group("sandbox behaviour (each also as JSSDK_SANDBOX_<NAME>)")
+    rehearsal.add_argument("--sandbox-expires-in", metavar="S", help="lifetime of tokens and tickets (default 7200)")
+    rehearsal.add_argument("--sandbox-errors", metavar="CODE:RATE,...",
+                           help="share of calls answered with each errcode, e.g. -1:0.3,45011:0.05")  # fmt: skip
+    rehearsal.add_argument("--sandbox-http500-rate", metavar="R", help="share of calls answered with HTTP 500")
+    rehearsal.add_argument("--sandbox-reset-rate", metavar="R", help="share of calls whose connection is reset")
+    rehearsal.add_argument("--sandbox-delay", metavar="S", help="seconds every call waits before answering")
+    rehearsal.add_argument("--sandbox-dead-base", action="store_const", const="1",
+                           help="put an unreachable API base first, to rehearse failover")  # fmt: skip
 
     sign = commands.add_parser("sign", help="print the wx.config signature of a URL (offline)")
     sign.add_argument("--ticket", required=True)
@@ -64,21 +65,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace, env: dict[str, str]) -> int:
-    from jssdk_service.server import SandboxOptions, run
+    from jssdk_service.server import run, sandbox_options
 
     if args.host:
         env["JSSDK_HOST"] = args.host
     if args.port is not None:
         env["JSSDK_PORT"] = str(args.port)
+    if args.workers < 1:
+        raise ConfigError("--workers", f"has value {args.workers}; expected 1 or more")
     sandbox = None
     if args.sandbox:
-        sandbox = SandboxOptions(
-            token_expires_in=args.sandbox_expires_in,
-            ticket_expires_in=args.sandbox_expires_in,
-            error_rate=args.sandbox_error_rate,
-            errcode=args.sandbox_errcode,
-            http500_rate=args.sandbox_http500_rate,
-            delay=args.sandbox_delay,
-        )
-    run(env, args.config, sandbox=sandbox)
+        names = ("expires_in", "errors", "http500_rate", "reset_rate", "delay", "dead_base")
+        sandbox = sandbox_options({name: getattr(args, f"sandbox_{name}") for name in names}, env)
+    run(env, args.config, sandbox=sandbox, workers=args.workers)
     return 0

@@ -49,8 +49,8 @@ class SandboxAccount:
 class Faults:
     """What goes wrong, and how often; change it at any time."""
 
-    error_rate: float = 0.0
-    errcode: int = -1
+    error_rates: dict[int, float] = field(default_factory=dict)
+    """errcode -> share of calls answered with it (e.g. {-1: 0.3, 45011: 0.05})."""
     http500_rate: float = 0.0
     reset_rate: float = 0.0
     delay: float = 0.0
@@ -213,8 +213,10 @@ class WeChatSandbox:
         if roll < faults.http500_rate:
             return "http500"
         roll -= faults.http500_rate
-        if roll < faults.error_rate:
-            return faults.errcode
+        for errcode, rate in faults.error_rates.items():
+            if roll < rate:
+                return errcode
+            roll -= rate
         return None
 
     def _record(self, api: str, app_id: str, errcode: int) -> None:
