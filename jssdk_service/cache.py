@@ -191,7 +191,8 @@ class RedisCache:
         return status
 
     async def close(self) -> None:
-        await self._cache.close()
+        # aiocache 0.12.3's close() calls redis-py's deprecated close(); aclose() is the current name.
+        await self._cache.client.aclose()
 
     async def _guard(self, operation: Any) -> Any:
         """Run one Redis operation; on an outage, log it once and answer None."""
