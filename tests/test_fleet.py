@@ -89,7 +89,7 @@ async def fleet(sandbox_url: str, redis_server: RedisServer, tmp_path: Path) -> 
     async def start(count: int, **env_overrides: str) -> list[str]:
         urls = []
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("JSSDK_")}
-        for n in range(count):
+        for _ in range(count):
             port = free_port()
             env = {**base_env, "JSSDK_APP_ID": APP_ID, "JSSDK_APP_SECRET": SECRET,
                    "JSSDK_ALLOWED_HOSTS": "example.com", "JSSDK_WECHAT_API_BASE": sandbox_url,
