@@ -1,6 +1,10 @@
-"""Warm `/v1/signature` throughput and latency against a bare aiohttp JSON handler, in one run.
+"""Warm `/v1/signature` throughput and latency against a baseline, in one run.
 
-    python bench/bench_signature.py [--rounds 3] [--seconds 5] [--connections 32]
+    python bench/bench_signature.py [--against bare|redis] [--rounds 3] [--seconds 5] [--connections 32]
+
+`--against bare` (the default) compares the service with a bare aiohttp JSON handler;
+`--against redis` compares the service on `memory://` with the service on `redis://` (a
+redis-server started on a free port), which shows what the shared cache costs a warm signature.
 
 Both servers run as separate single processes on loopback; `wrk` (Debian package `wrk`) loads them
 with one thread, alternating bare, service, bare, service ... so both see the same machine noise.
@@ -23,7 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -63,9 +67,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def server(command: list[str], port: int) -> Iterator[str]:
+def server(command: list[str], port: int, **env_overrides: str) -> Iterator[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JSSDK_")}
-    env["JSSDK_LOG_LEVEL"] = "WARNING"
+    env.update(JSSDK_LOG_LEVEL="WARNING", **env_overrides)
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -107,25 +111,55 @@ def summary(results: list[Result]) -> Result:
     )
 
 
+@contextmanager
+def redis_server() -> Iterator[str]:
+    port = free_port()
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.5)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--against", choices=("bare", "redis"), default="bare")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=32)
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        print("bench needs wrk: apt-get install wrk", file=sys.stderr)
+    needed = ["wrk"] + (["redis-server"] if args.against == "redis" else [])
+    missing = [tool for tool in needed if shutil.which(tool) is None]
+    if missing:
+        print(f"bench needs {' and '.join(missing)}: apt-get install {' '.join(missing)}", file=sys.stderr)
         return 2
 
-    bare_port, service_port = free_port(), free_port()
-    bare_script = Path(tempfile.gettempdir()) / "jssdk_bench_bare.py"
-    bare_script.write_text(BARE_SERVER)
-    bare_cmd = [sys.executable, str(bare_script), str(bare_port)]
-    service_cmd = [sys.executable, "-m", "jssdk_service", "serve", "--sandbox", "--port", str(service_port)]
+    baseline_port, candidate_port = free_port(), free_port()
+    service = [sys.executable, "-m", "jssdk_service", "serve", "--sandbox", "--port"]
     path = f"/v1/signature?url={quote(PAGE, safe='')}"
-    runs: dict[str, list[Result]] = {"bare aiohttp": [], "jssdk-service": []}
-    with server(bare_cmd, bare_port) as bare, server(service_cmd, service_port) as service:
-        targets = {"bare aiohttp": bare + path, "jssdk-service": service + path}
+    with ExitStack() as stack:
+        if args.against == "bare":
+            bare_script = Path(tempfile.gettempdir()) / "jssdk_bench_bare.py"
+            bare_script.write_text(BARE_SERVER)
+            names = ("bare aiohttp", "jssdk-service")
+            baseline = stack.enter_context(
+                server([sys.executable, str(bare_script), str(baseline_port)], baseline_port)
+            )
+            candidate = stack.enter_context(server([*service, str(candidate_port)], candidate_port))
+        else:
+            names = ("memory://", "redis://")
+            redis_url = stack.enter_context(redis_server())
+            baseline = stack.enter_context(server([*service, str(baseline_port)], baseline_port))
+            candidate = stack.enter_context(
+                server([*service, str(candidate_port)], candidate_port, JSSDK_CACHE_URL=redis_url)
+            )
+        targets = dict(zip(names, (baseline + path, candidate + path), strict=True))
+        runs: dict[str, list[Result]] = {name: [] for name in names}
         for url in targets.values():
             wrk(url, 1, args.connections)  # warm-up
         for round_no in range(1, args.rounds + 1):
@@ -134,11 +168,11 @@ def main() -> int:
                 runs[name].append(result)
                 print(f"round {round_no} {name:14} {result.rps:9.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
                       f"p99 {result.p99_ms:6.2f} ms", flush=True)  # fmt: skip
-    bare_sum, service_sum = summary(runs["bare aiohttp"]), summary(runs["jssdk-service"])
+    medians = {name: summary(results) for name, results in runs.items()}
     print()
-    for name, res in (("bare aiohttp", bare_sum), ("jssdk-service", service_sum)):
+    for name, res in medians.items():
         print(f"median {name:14} {res.rps:9.0f} req/s  p50 {res.p50_ms:6.2f} ms  p99 {res.p99_ms:6.2f} ms")
-    print(f"ratio jssdk-service / bare aiohttp throughput: {service_sum.rps / bare_sum.rps:.2f}")
+    print(f"ratio {names[1]} / {names[0]} throughput: {medians[names[1]].rps / medians[names[0]].rps:.2f}")
     return 0
 
 
