@@ -58,6 +58,24 @@ def test_config_errors_are_one_clear_line(tmp_path: Path) -> None:
     assert "accounts[0].secret" in result.stderr and "inline" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "env", "field"),
+    [
+        (("serve", "--workers", "2"), {}, "--workers"),
+        (("serve", "--sandbox", "--sandbox-errors=bogus"), {}, "--sandbox-errors"),
+        (("serve", "--sandbox"), {"JSSDK_SANDBOX_ERRORS": "-1:2"}, "JSSDK_SANDBOX_ERRORS"),
+        (("serve", "--sandbox", "--sandbox-http500-rate", "lots"), {}, "--sandbox-http500-rate"),
+    ],
+)
+def test_bad_serve_options_are_one_clear_line(args: tuple[str, ...], env: dict[str, str], field: str) -> None:
+    """--workers with memory:// and malformed sandbox knobs are refused with one line naming the option."""
+    base = {"JSSDK_APP_ID": "wx1234567890abcdef", "JSSDK_APP_SECRET": "x", "JSSDK_ALLOWED_HOSTS": "example.com"}
+    result = run(*args, env={**base, **env})
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert field in result.stderr
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -273,3 +273,45 @@ async def test_redis_outage_degrades_instead_of_failing(
         assert any("reachable again" in r.getMessage() for r in caplog.records)
     finally:
         await cache.close()
+
+
+async def signs(http: aiohttp.ClientSession, url: str) -> bool:
+    with contextlib.suppress(aiohttp.ClientError):
+        return (await sign(http, url, "http://localhost/"))[0] == 200
+    return False
+
+
+def worker_pids(parent: int) -> list[int]:
+    """The worker processes `serve --workers` spawned (multiprocessing's helper process excluded)."""
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    return [int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+async def test_serve_workers_runs_n_processes_on_one_port(
+    redis_server: RedisServer, http: aiohttp.ClientSession
+) -> None:
+    """`serve --sandbox --workers 3` answers on one port from three processes and replaces one that dies."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JSSDK_")}
+    env["JSSDK_CACHE_URL"] = redis_server.url
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "jssdk_service", "serve", "--sandbox", "--workers", "3", "--port", str(port),
+        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while len(worker_pids(process.pid)) < 3 or not await signs(http, url):
+            assert time.monotonic() < deadline, "workers did not start"
+            await asyncio.sleep(0.2)
+        first = worker_pids(process.pid)
+        os.kill(first[0], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while sorted(worker_pids(process.pid)) == sorted(first) or len(worker_pids(process.pid)) < 3:
+            assert time.monotonic() < deadline, "the dead worker was not replaced"
+            await asyncio.sleep(0.2)
+        results = await asyncio.gather(*(sign(http, url, "http://localhost/") for _ in range(60)))
+        assert {status for status, _ in results} == {200}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert await process.wait() == 0
