@@ -34,9 +34,10 @@ def free_port() -> int:
 class RedisServer:
     """A real redis-server on a free loopback port, that a test may kill and start again."""
 
-    def __init__(self, binary: str, workdir: Path) -> None:
+    def __init__(self, binary: str, workdir: Path, *, password: str | None = None) -> None:
         self.binary = binary
         self.workdir = workdir
+        self.password = password
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: asyncio.subprocess.Process | None = None
@@ -44,9 +45,11 @@ class RedisServer:
     async def start(self) -> None:
         self.process = await asyncio.create_subprocess_exec(
             self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", str(self.workdir), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            "--dir", str(self.workdir), *(["--requirepass", self.password] if self.password else []),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
-        client = aioredis.Redis(port=self.port)
+        client = aioredis.Redis(port=self.port, password=self.password)
         try:
             for _ in range(100):
                 with contextlib.suppress(OSError, aioredis.ConnectionError):
@@ -315,3 +318,33 @@ async def test_serve_workers_runs_n_processes_on_one_port(
     finally:
         process.send_signal(signal.SIGTERM)
         assert await process.wait() == 0
+
+
+async def test_a_token_knocked_out_under_fleet_traffic_is_replaced_once(
+    fleet: Fleet, sandbox: WeChatSandbox, http: aiohttp.ClientSession
+) -> None:
+    """When the shared token dies upstream, the fleet fetches exactly one new token and fails no request."""
+    sandbox.ticket_expires_in = 3
+    urls = await fleet(3)
+    await steady_traffic(http, urls, sandbox, 1)
+    sandbox.knock_out_tokens(APP_ID)
+    await steady_traffic(http, urls, sandbox, 4)
+    assert sandbox.count("stable_token") == 2
+    assert len([c for c in sandbox.calls if c.errcode == 40001]) == 1
+
+
+async def test_redis_with_a_password(tmp_path: Path) -> None:
+    """JSSDK_REDIS_PASSWORD (or a password in the URL) opens a Redis that requires one."""
+    server = RedisServer(require_binary("redis-server"), tmp_path, password="s3cret-redis")
+    await server.start()
+    try:
+        for cache in (RedisCache(server.url, password="s3cret-redis"),
+                      RedisCache(server.url.replace("redis://", "redis://:s3cret-redis@"))):  # fmt: skip
+            try:
+                await cache.set("k", {"value": "v"}, 5)
+                assert await cache.get("k") == {"value": "v"}
+                assert "s3cret-redis" not in repr(cache) + str(cache.health())
+            finally:
+                await cache.close()
+    finally:
+        await server.kill()
