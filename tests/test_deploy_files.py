@@ -1,0 +1,369 @@
+"""The deployment files, parsed and cross-checked against the service, the nginx template and each other.
+
+Docker and Kubernetes are not run here: each file is read as its tool reads it, and every name,
+port, path and variable in it is checked against what the service really reads and serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shlex
+import sys
+import tomllib
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import yaml
+
+from jssdk_service.config import Settings, load_settings
+from jssdk_service.sandbox import closed_port_url
+
+from .conftest import RunningService
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+TEMPLATE = DEPLOY / "nginx" / "templates" / "jssdk.conf.template"
+# Every variable the service reads is spelled out in config.py.
+SERVICE_ENV = frozenset(re.findall(r'"(JSSDK_[A-Z0-9_]+)"', (ROOT / "jssdk_service" / "config.py").read_text()))
+# The sidecar's environment fills exactly the template's placeholders.
+SIDECAR_ENV = frozenset(re.findall(r"\$\{(\w+)\}", TEMPLATE.read_text()))
+
+
+# -- reading the files as their tools do ------------------------------------------------------
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """The Dockerfile's instructions as (INSTRUCTION, arguments), continuation lines joined."""
+    text = re.sub(r"\\\n", " ", (DEPLOY / "Dockerfile").read_text())
+    instructions = []
+    for line in (raw.strip() for raw in text.splitlines()):
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            instructions.append((word.upper(), rest.strip()))
+    return instructions
+
+
+def dockerfile_env() -> dict[str, str]:
+    """The variables the image sets with ENV."""
+    env: dict[str, str] = {}
+    for instruction, args in dockerfile():
+        if instruction == "ENV":
+            for name, _, value in (pair.partition("=") for pair in shlex.split(args)):
+                env[name] = value
+    return env
+
+
+def instruction(name: str) -> str:
+    """The arguments of the last `name` instruction: the final stage's."""
+    found = [args for word, args in dockerfile() if word == name]
+    assert found, f"the Dockerfile has no {name}"
+    return found[-1]
+
+
+def compose() -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    return document
+
+
+def env_file(path: Path) -> dict[str, str]:
+    """KEY=value lines, as docker compose and systemd's EnvironmentFile= read them."""
+    lines = (line.strip() for line in path.read_text().splitlines())
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def interpolate(value: str, env: Mapping[str, str]) -> str:
+    """Compose's ${NAME}, ${NAME:-default} and ${NAME:?error}, resolved against `env`."""
+
+    def resolve(match: re.Match[str]) -> str:
+        name, operator, fallback = match.group(1), match.group(2), match.group(3)
+        assert name in env or operator == ":-", f"${{{name}}} is not in deploy/.env.example"
+        return env.get(name) or (fallback if operator == ":-" else "")
+
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:-|:\?)([^}]*))?\}", resolve, value)
+
+
+def kustomization() -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
+    return document
+
+
+def k8s_objects() -> list[dict[str, Any]]:
+    """Every object of the kustomization's resources."""
+    objects: list[dict[str, Any]] = []
+    for resource in kustomization()["resources"]:
+        objects.extend(doc for doc in yaml.safe_load_all((DEPLOY / resource).read_text()) if doc)
+    return objects
+
+
+def k8s_object(kind: str, name: str) -> dict[str, Any]:
+    found = [o for o in k8s_objects() if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name}"
+    return found[0]
+
+
+def container(pod_spec: Mapping[str, Any], name: str) -> dict[str, Any]:
+    found: list[dict[str, Any]] = [c for c in pod_spec["containers"] if c["name"] == name]
+    assert len(found) == 1, f"expected one container {name}"
+    return found[0]
+
+
+def port_of(spec: Mapping[str, Any], name: str) -> int:
+    """The containerPort called `name`."""
+    ports = {p["name"]: p["containerPort"] for p in spec["ports"]}
+    port: int = ports[name]
+    return port
+
+
+def plain_env(spec: Mapping[str, Any]) -> dict[str, str]:
+    """A container's env entries that have a literal value."""
+    return {e["name"]: e["value"] for e in spec.get("env", []) if "value" in e}
+
+
+def systemd_unit() -> dict[str, list[tuple[str, str]]]:
+    """Each section of the unit as its (key, value) lines, in order; keys may repeat."""
+    sections: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    for raw in (DEPLOY / "systemd" / "jssdk-service.service").read_text().splitlines():
+        line = raw.strip()
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], [])
+        elif line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            current.append((key.strip(), value.strip()))
+    return sections
+
+
+def unit_values(key: str) -> list[str]:
+    return [value for key_, value in systemd_unit()["Service"] if key_ == key]
+
+
+def service_settings(env: Mapping[str, str], tmp_path: Path, secret_file: str) -> Settings:
+    """What the service would start with: `env`, with the AppSecret file it names written under `tmp_path`."""
+    assert env["JSSDK_APP_SECRET_FILE"] == secret_file
+    local_secret = tmp_path / "app-secret"
+    local_secret.write_text("an-app-secret\n")
+    return load_settings({**env, "JSSDK_APP_SECRET_FILE": str(local_secret)})
+
+
+def assert_service_env(names: Iterable[str]) -> None:
+    unknown = {name for name in names if name.startswith("JSSDK_")} - SERVICE_ENV
+    assert not unknown, f"the service reads no {sorted(unknown)}"
+
+
+# -- the image ---------------------------------------------------------------------------------
+
+
+def test_the_image_is_small_and_runs_the_service_as_an_unprivileged_user() -> None:
+    """python:3.11-slim, a numeric non-root USER, EXPOSE = JSSDK_PORT, and `jssdk-service serve` as the command."""
+    assert {args for word, args in dockerfile() if word == "FROM"} == {"python:3.11-slim AS build", "python:3.11-slim"}
+    uid, _, gid = instruction("USER").partition(":")
+    assert uid.isdigit() and int(uid) > 0 and gid == uid
+    assert f"--uid {uid}" in instruction("RUN")
+    env = dockerfile_env()
+    assert_service_env(env)
+    assert instruction("EXPOSE") == env["JSSDK_PORT"]
+    assert env["JSSDK_HOST"] == "0.0.0.0"
+    assert json.loads(instruction("ENTRYPOINT")) + json.loads(instruction("CMD")) == ["jssdk-service", "serve"]
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert "jssdk-service" in scripts
+    for word, args in dockerfile():
+        if word == "COPY" and not args.startswith("--from"):
+            assert all((ROOT / source).exists() for source in args.split()[:-1]), args
+
+
+def healthcheck_command() -> list[str]:
+    """The HEALTHCHECK's exec-form command, run with this interpreter."""
+    options, _, command = instruction("HEALTHCHECK").partition("CMD ")
+    assert "--interval" in options and "--timeout" in options
+    argv: list[str] = json.loads(command)
+    assert argv[0] == "python"
+    return [sys.executable, *argv[1:]]
+
+
+async def run_healthcheck(port: int | str) -> int:
+    process = await asyncio.create_subprocess_exec(*healthcheck_command(), env={**os.environ, "JSSDK_PORT": str(port)},
+                                                   stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)  # fmt: skip
+    return await process.wait()
+
+
+async def test_the_healthcheck_passes_on_a_live_service_and_fails_without_one(service: RunningService) -> None:
+    """The image's HEALTHCHECK command exits 0 against a running service and non-zero when nothing answers."""
+    assert "/healthz" in instruction("HEALTHCHECK")
+    assert await run_healthcheck(urlsplit(service.url).port or 0) == 0
+    assert await run_healthcheck(urlsplit(closed_port_url()).port or 0) != 0
+
+
+# -- docker compose ----------------------------------------------------------------------------
+
+
+def test_compose_puts_the_sidecar_in_front_of_the_service(tmp_path: Path) -> None:
+    """nginx owns the network the service joins, mounts the repository's template and reaches the service on loopback."""
+    services = compose()["services"]
+    assert set(services) == {"nginx", "jssdk", "redis"}
+    nginx, jssdk = services["nginx"], services["jssdk"]
+    dotenv = env_file(DEPLOY / ".env.example")
+    env = {name: interpolate(str(value), dotenv) for name, value in jssdk["environment"].items()}
+    assert_service_env(env)
+    (secret_name,) = jssdk["secrets"]
+    settings = service_settings({**dockerfile_env(), **env}, tmp_path, f"/run/secrets/{secret_name}")
+
+    assert jssdk["network_mode"] == "service:nginx" and "ports" not in jssdk
+    assert nginx["image"].startswith("nginx:")
+    assert set(nginx["environment"]) == SIDECAR_ENV
+    assert nginx["environment"]["JSSDK_UPSTREAM"] == f"127.0.0.1:{settings.port}"
+    published = [interpolate(port, dotenv).rsplit(":", 1)[1] for port in nginx["ports"]]
+    assert published == [nginx["environment"]["LISTEN_PORT"]]
+    source, target, mode = nginx["volumes"][0].split(":")
+    assert ((DEPLOY / source).resolve(), target, mode) == (TEMPLATE.parent, "/etc/nginx/templates", "ro")
+    assert nginx["tmpfs"] == ["/etc/nginx/conf.d"]
+
+    assert (DEPLOY / jssdk["build"]["context"]).resolve() == ROOT
+    assert (DEPLOY / jssdk["build"]["context"] / jssdk["build"]["dockerfile"]).resolve() == DEPLOY / "Dockerfile"
+    assert jssdk["command"] == json.loads(instruction("CMD"))
+    assert settings.host == "0.0.0.0"
+    cache = urlsplit(settings.cache_url)
+    assert (cache.scheme, cache.hostname, cache.port) == ("redis", "redis", 6379)
+    assert jssdk["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert "healthcheck" in services["redis"]
+
+
+def test_filled_in_settings_and_secrets_stay_out_of_the_repository() -> None:
+    """deploy/.env and deploy/secrets/, where compose reads them, are ignored by git."""
+    ignored = (DEPLOY / ".gitignore").read_text().splitlines()
+    assert ".env" in ignored and "secrets/" in ignored
+    assert compose()["secrets"]["jssdk_app_secret"]["file"].startswith("./secrets/")
+
+
+# -- Kubernetes --------------------------------------------------------------------------------
+
+
+def pod_spec() -> dict[str, Any]:
+    spec: dict[str, Any] = k8s_object("Deployment", "jssdk-service")["spec"]["template"]["spec"]
+    return spec
+
+
+def test_k8s_resources_and_the_generated_template_exist() -> None:
+    """Every resource the kustomization lists exists, and the nginx ConfigMap is made from the repository's template."""
+    document = kustomization()
+    assert all((DEPLOY / resource).is_file() for resource in document["resources"])
+    assert sorted(document["resources"]) == sorted(f"k8s/{p.name}" for p in (DEPLOY / "k8s").glob("*.yaml"))
+    (generator,) = document["configMapGenerator"]
+    assert [(DEPLOY / f).resolve() for f in generator["files"]] == [TEMPLATE]
+    volumes = {v["name"]: v for v in pod_spec()["volumes"]}
+    mounts = {m["name"]: m for m in container(pod_spec(), "nginx")["volumeMounts"]}
+    assert volumes["nginx-templates"]["configMap"]["name"] == generator["name"]
+    assert mounts["nginx-templates"]["mountPath"] == "/etc/nginx/templates"
+    assert (mounts["nginx-conf"]["mountPath"], volumes["nginx-conf"]["emptyDir"]) == ("/etc/nginx/conf.d", {})
+
+
+def test_k8s_service_container_env_ports_and_probes(tmp_path: Path) -> None:
+    """The service container reads only known variables, listens on its named port and is probed on /healthz and /readyz."""
+    spec = pod_spec()
+    jssdk = container(spec, "jssdk")
+    (config_ref,) = jssdk["envFrom"]
+    config = k8s_object("ConfigMap", config_ref["configMapRef"]["name"])["data"]
+    env = {**dockerfile_env(), **config, **plain_env(jssdk)}
+    assert_service_env([*env, *(e["name"] for e in jssdk["env"])])
+    secret_volume = next(v for v in spec["volumes"] if v["name"] == "secrets")["secret"]
+    mount = next(m for m in jssdk["volumeMounts"] if m["name"] == "secrets")
+    (item,) = secret_volume["items"]
+    settings = service_settings(env, tmp_path, f"{mount['mountPath']}/{item['path']}")
+
+    assert spec["enableServiceLinks"] is False
+    assert port_of(jssdk, "service") == settings.port and settings.host == "0.0.0.0"
+    assert (jssdk["livenessProbe"]["httpGet"], jssdk["readinessProbe"]["httpGet"]) == (
+        {"path": "/healthz", "port": "service"},
+        {"path": "/readyz", "port": "service"},
+    )
+    assert jssdk["args"] == json.loads(instruction("CMD"))
+    context = jssdk["securityContext"]
+    assert context["runAsNonRoot"] and str(context["runAsUser"]) == instruction("USER").partition(":")[0]
+    assert spec["securityContext"]["fsGroup"] == context["runAsGroup"]
+    admin = next(e for e in jssdk["env"] if e["name"] == "JSSDK_ADMIN_TOKEN")["valueFrom"]["secretKeyRef"]
+    assert admin["name"] == secret_volume["secretName"]
+    annotations = k8s_object("Deployment", "jssdk-service")["spec"]["template"]["metadata"]["annotations"]
+    assert (annotations["prometheus.io/port"], annotations["prometheus.io/path"]) == (str(settings.port), "/metrics")
+    cache = urlsplit(settings.cache_url)
+    redis = k8s_object("Service", str(cache.hostname))
+    assert cache.scheme == "redis" and redis["spec"]["ports"][0]["port"] == cache.port
+
+
+def test_k8s_sidecar_fronts_the_service_and_the_service_object_targets_it() -> None:
+    """nginx reaches the service on loopback at its port, listens on LISTEN_PORT, and is what the Service exposes."""
+    spec = pod_spec()
+    jssdk, nginx = container(spec, "jssdk"), container(spec, "nginx")
+    sidecar_env = plain_env(nginx)
+    assert set(sidecar_env) == SIDECAR_ENV
+    assert sidecar_env["JSSDK_UPSTREAM"] == f"127.0.0.1:{port_of(jssdk, 'service')}"
+    assert str(port_of(nginx, "public")) == sidecar_env["LISTEN_PORT"]
+    assert nginx["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "public"}
+    service = k8s_object("Service", "jssdk-service")["spec"]
+    labels = k8s_object("Deployment", "jssdk-service")["spec"]["template"]["metadata"]["labels"]
+    assert service["selector"].items() <= labels.items()
+    assert [p["targetPort"] for p in service["ports"]] == ["public"]
+    policy = k8s_object("NetworkPolicy", "jssdk-service")["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= labels.items()
+    assert sorted(port["port"] for rule in policy["ingress"] for port in rule["ports"]) == ["public", "service"]
+
+
+def test_the_operator_guide_names_the_secret_the_manifests_use() -> None:
+    """deploy/README.md creates the Secret and keys that the Deployment reads."""
+    guide = (DEPLOY / "README.md").read_text()
+    spec = pod_spec()
+    secret = next(v for v in spec["volumes"] if v["name"] == "secrets")["secret"]
+    assert f"kubectl create secret generic {secret['secretName']}" in guide
+    assert f"{secret['items'][0]['key']}=" in guide and "admin-token=" in guide
+
+
+# -- systemd -----------------------------------------------------------------------------------
+
+
+def test_the_systemd_unit_runs_the_service_on_loopback_with_its_secret_as_a_credential(tmp_path: Path) -> None:
+    """ExecStart serves, the user is dynamic, the AppSecret comes from LoadCredential, and the example settings load."""
+    assert unit_values("ExecStart") == ["/opt/jssdk-service/bin/jssdk-service serve"]
+    assert unit_values("DynamicUser") == ["yes"] and unit_values("NoNewPrivileges") == ["yes"]
+    env = dict(pair.split("=", 1) for line in unit_values("Environment") for pair in shlex.split(line))
+    (credential,) = unit_values("LoadCredential")
+    name, _, source = credential.partition(":")
+    assert env["JSSDK_APP_SECRET_FILE"] == f"%d/{name}" and source.startswith("/etc/jssdk-service/")
+    assert unit_values("EnvironmentFile") == ["/etc/jssdk-service/jssdk.env"]
+    example = env_file(DEPLOY / "systemd" / "jssdk.env.example")
+    assert_service_env({**env, **example})
+    settings = service_settings({**env, **example}, tmp_path, f"%d/{name}")
+    assert (settings.host, settings.port) == ("127.0.0.1", 8080)
+    assert systemd_unit()["Install"] == [("WantedBy", "multi-user.target")]
+
+
+# -- against the running service ---------------------------------------------------------------
+
+
+def probe_paths() -> Iterator[str]:
+    """Every path a deployment file probes the service on."""
+    spec = pod_spec()
+    for name in ("jssdk", "nginx"):
+        for probe in ("livenessProbe", "readinessProbe"):
+            if "httpGet" in container(spec, name).get(probe, {}):
+                yield container(spec, name)[probe]["httpGet"]["path"]
+    healthcheck = re.search(r"'http://127\.0\.0\.1:%s(/\w+)'", instruction("HEALTHCHECK"))
+    assert healthcheck is not None
+    yield healthcheck.group(1)
+
+
+async def test_every_probed_path_answers_200_on_the_service(
+    service: RunningService, http: aiohttp.ClientSession
+) -> None:
+    """The paths the image and the pods are probed on answer 200 on a ready service, and nginx passes them unlimited."""
+    paths = set(probe_paths())
+    assert paths == {"/healthz", "/readyz"}
+    async with http.get(f"{service.url}/v1/signature", params={"url": "https://example.com/"}) as response:
+        assert response.status == 200
+    for path in sorted(paths):
+        async with http.get(f"{service.url}{path}") as response:
+            assert response.status == 200, path
+        assert f"location = {path} " in TEMPLATE.read_text()
