@@ -1,11 +1,14 @@
-"""The `jssdk-service` command: serve, sign, check-config."""
+"""The `jssdk-service` command: serve, sign, check-config, doctor."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 from collections.abc import Sequence
+
+import orjson
 
 from jssdk_service import __version__
 from jssdk_service.config import load_settings
@@ -25,6 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1, metavar="N",
                        help="N processes on one port; N > 1 needs JSSDK_CACHE_URL=redis://...")  # fmt: skip
     serve.add_argument("--sandbox", action="store_true", help="talk to an in-process WeChat emulator")
+    serve.add_argument("--log-format", choices=("json", "text"), help="log lines (or JSSDK_LOG_FORMAT; default json)")
+    serve.add_argument("--access-log", action="store_true",
+                       help="log one line per request (or JSSDK_ACCESS_LOG=true; default off)")  # fmt: skip
     rehearsal = serve.add_argument_group("sandbox behaviour (each also as JSSDK_SANDBOX_<NAME>)")
     rehearsal.add_argument("--sandbox-expires-in", metavar="S", help="lifetime of tokens and tickets (default 7200)")
     rehearsal.add_argument("--sandbox-errors", metavar="CODE:RATE,...",
@@ -43,6 +49,18 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate the configuration and exit")
     check.add_argument("--config", help="TOML file with [[accounts]] (or JSSDK_CONFIG)")
+
+    doctor = commands.add_parser("doctor", help="ask a running service why WeChat refused a wx.config")
+    doctor.add_argument("url", help="the page's location.href")
+    doctor.add_argument("--service", help="the service's base URL (default http://127.0.0.1:$JSSDK_PORT or :8080)")
+    doctor.add_argument("--app-id", help="the appId passed to wx.config")
+    doctor.add_argument("--signature", help="the signature passed to wx.config")
+    doctor.add_argument("--nonce", help="the nonceStr passed to wx.config")
+    doctor.add_argument("--timestamp", type=int, help="the timestamp passed to wx.config")
+    doctor.add_argument("--landing-url", help="the URL the page load began at (single-page apps)")
+    doctor.add_argument("--user-agent", help="the browser's navigator.userAgent")
+    doctor.add_argument("--err-msg", help="what wx.error said, e.g. 'config:invalid signature'")
+    doctor.add_argument("--json", action="store_true", help="print the service's answer as it is")
     return parser
 
 
@@ -52,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "sign":
             print(sign_url(ticket=args.ticket, nonce=args.nonce, timestamp=args.timestamp, url=args.url))
+        elif args.command == "doctor":
+            return _doctor(args, env)
         elif args.command == "check-config":
             settings = load_settings(env, args.config)
             names = ", ".join(f"{a.name} ({a.app_id})" for a in settings.accounts)
@@ -71,6 +91,10 @@ def _serve(args: argparse.Namespace, env: dict[str, str]) -> int:
         env["JSSDK_HOST"] = args.host
     if args.port is not None:
         env["JSSDK_PORT"] = str(args.port)
+    if args.log_format:
+        env["JSSDK_LOG_FORMAT"] = args.log_format
+    if args.access_log:
+        env["JSSDK_ACCESS_LOG"] = "true"
     if args.workers < 1:
         raise ConfigError("--workers", f"has value {args.workers}; expected 1 or more")
     sandbox = None
@@ -79,3 +103,44 @@ def _serve(args: argparse.Namespace, env: dict[str, str]) -> int:
         sandbox = sandbox_options({name: getattr(args, f"sandbox_{name}") for name in names}, env)
     run(env, args.config, sandbox=sandbox, workers=args.workers)
     return 0
+
+
+def _doctor(args: argparse.Namespace, env: dict[str, str]) -> int:
+    """POST the arguments to the service's /v1/doctor; print one line per finding.
+
+    Exits 1 when a finding is an error, 2 when the service cannot be asked or refuses the question.
+    """
+    import aiohttp
+
+    service = (args.service or f"http://127.0.0.1:{env.get('JSSDK_PORT') or 8080}").rstrip("/")
+    fields = {"url": args.url, "appId": args.app_id, "signature": args.signature, "nonceStr": args.nonce,
+              "timestamp": args.timestamp, "landingUrl": args.landing_url, "userAgent": args.user_agent,
+              "errMsg": args.err_msg}  # fmt: skip
+
+    async def ask() -> tuple[int, bytes]:
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            body = {key: value for key, value in fields.items() if value is not None}
+            async with session.post(f"{service}/v1/doctor", json=body) as response:
+                return response.status, await response.read()
+
+    try:
+        status, raw = asyncio.run(ask())
+        answer = orjson.loads(raw)
+    except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
+        print(f"jssdk-service: cannot ask {service}/v1/doctor: {exc or type(exc).__name__}", file=sys.stderr)
+        return 2
+    if status != 200:
+        error = answer.get("error", {}) if isinstance(answer, dict) else {}
+        print(f"jssdk-service: {service} answered {status}: {error.get('message', raw.decode(errors='replace'))}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    findings = answer["findings"]
+    if args.json:
+        print(raw.decode())
+    else:
+        for finding in findings:
+            print(f"{finding['severity']:<8} {finding['code']}: {finding['message']}")
+        if not findings:
+            print("no findings: send the wx.config values (--signature, --nonce, --timestamp) to check a signature")
+    return 1 if any(f["severity"] == "error" for f in findings) else 0

@@ -20,6 +20,7 @@ from jssdk_service.pageurl import normalise_domain, parse_page_url
 from jssdk_service.share import ShareFields, SharePolicy, ShareRule, check_link_domain, share_fields_from_mapping
 
 TokenAPI = Literal["stable", "classic"]
+LogFormat = Literal["json", "text"]
 
 DEFAULT_API_BASES = ("https://api.weixin.qq.com", "https://api2.weixin.qq.com")
 DEFAULT_JS_API_LIST = ("updateAppMessageShareData", "updateTimelineShareData")
@@ -75,6 +76,8 @@ class Settings:
     port: int = 8080
     admin_token: Secret | None = None
     log_level: str = "INFO"
+    log_format: LogFormat = "json"
+    access_log: bool = False
     redis_password: Secret | None = None
     lock_lease: float = 20.0
 
@@ -120,6 +123,8 @@ def load_settings(env: Mapping[str, str], config_path: str | None = None) -> Set
         port=parse_port(pick("JSSDK_PORT", "port") or 8080, "JSSDK_PORT"),
         admin_token=Secret(env["JSSDK_ADMIN_TOKEN"]) if env.get("JSSDK_ADMIN_TOKEN") else None,
         log_level=_log_level(pick("JSSDK_LOG_LEVEL", "log_level") or "INFO"),
+        log_format=_log_format(pick("JSSDK_LOG_FORMAT", "log_format") or "json"),
+        access_log=_flag(pick("JSSDK_ACCESS_LOG", "access_log") or False, "JSSDK_ACCESS_LOG"),
         redis_password=Secret(env["JSSDK_REDIS_PASSWORD"]) if env.get("JSSDK_REDIS_PASSWORD") else None,
         lock_lease=_seconds(pick("JSSDK_LOCK_LEASE", "lock_lease") or 20.0, "JSSDK_LOCK_LEASE"),
     )
@@ -311,6 +316,20 @@ def _cache_url(value: Any) -> str:
     if urlsplit(text).scheme not in ("memory", "redis", "rediss"):
         raise ConfigError("JSSDK_CACHE_URL", f"has value {text!r}; expected memory:// or redis://host:port/db")
     return text
+
+
+def _log_format(value: Any) -> LogFormat:
+    text = str(value).lower()
+    if text not in ("json", "text"):
+        raise ConfigError("JSSDK_LOG_FORMAT", f"has value {value!r}; expected json or text")
+    return cast(LogFormat, text)
+
+
+def _flag(value: Any, field_name: str) -> bool:
+    text = str(value).lower()
+    if text not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise ConfigError(field_name, f"has value {value!r}; expected true or false")
+    return text in ("1", "true", "yes", "on")
 
 
 def _log_level(value: Any) -> str:

@@ -59,6 +59,8 @@ class AccountStatus:
     reason: str
     ticket_expires_in: float | None
     token_expires_in: float | None
+    ticket_age: float | None
+    token_age: float | None
     last_refresh: float | None
     last_error: str | None
     errcode: int | None
@@ -118,8 +120,17 @@ class AccountCredentials:
             return ticket
         return await self.refresh()
 
-    async def refresh(self) -> JsapiTicket:
-        """Join the running refresh or start one; raise the upstream error when it fails."""
+    async def refresh(self, *, force: bool = False, new_token: bool = False) -> JsapiTicket:
+        """Join the running refresh or start one; raise the upstream error when it fails.
+
+        `force` (the admin API) lets a running refresh land, then fetches a new ticket from WeChat
+        whatever the shared cache and the retry schedule say; `new_token` replaces the token first.
+        """
+        if force:
+            while self._flight is not None:
+                with contextlib.suppress(UpstreamError):
+                    await asyncio.shield(self._flight)
+            return await asyncio.shield(self._start_refresh(force=True, new_token=new_token))
         flight = self._flight
         if flight is None:
             if self._clock() < self._blocked_until and self._error is not None:
@@ -127,8 +138,8 @@ class AccountCredentials:
             flight = self._start_refresh()
         return await asyncio.shield(flight)
 
-    def _start_refresh(self) -> asyncio.Task[JsapiTicket]:
-        flight = asyncio.get_running_loop().create_task(self._refresh_ticket())
+    def _start_refresh(self, *, force: bool = False, new_token: bool = False) -> asyncio.Task[JsapiTicket]:
+        flight = asyncio.get_running_loop().create_task(self._refresh_ticket(force, new_token))
         self._flight = flight
         flight.add_done_callback(self._landed)
         return flight
@@ -138,9 +149,9 @@ class AccountCredentials:
         if not flight.cancelled():
             flight.exception()  # the error is kept in self._error; this only marks it retrieved
 
-    async def _refresh_ticket(self) -> JsapiTicket:
+    async def _refresh_ticket(self, force: bool, new_token: bool) -> JsapiTicket:
         try:
-            ticket = await self._shared_or_new_ticket()
+            ticket = await self._shared_or_new_ticket(force, new_token)
         except UpstreamError as exc:
             self._record_failure(exc)
             raise
@@ -157,9 +168,9 @@ class AccountCredentials:
         self._error, self._failures, self._blocked_until = None, 0, 0.0
         return ticket
 
-    async def _shared_or_new_ticket(self) -> JsapiTicket:
+    async def _shared_or_new_ticket(self, force: bool, new_token: bool) -> JsapiTicket:
         """The fleet's ticket if another process already renewed it, else a new one, under the lock."""
-        shared = await self._shared_ticket()
+        shared = None if force else await self._shared_ticket()
         if shared is not None:
             return shared
         owner = secrets.token_hex(8)
@@ -167,11 +178,11 @@ class AccountCredentials:
             # Another process is refreshing: wait for its ticket. The lease bounds the wait when
             # that process has died; meanwhile requests keep signing with the ticket in memory.
             await asyncio.sleep(LOCK_POLL)
-            shared = await self._shared_ticket()
+            shared = None if force else await self._shared_ticket()
             if shared is not None:
                 return shared
         try:
-            return await self._shared_ticket() or await self._new_ticket()
+            return (None if force else await self._shared_ticket()) or await self._new_ticket(new_token)
         finally:
             await self._cache.release(self._lock_key, owner)
 
@@ -182,8 +193,8 @@ class AccountCredentials:
         shared = JsapiTicket.from_record(record)
         return shared if shared.fresh(self._clock()) and shared != self._ticket else None
 
-    async def _new_ticket(self) -> JsapiTicket:
-        token = await self._fresh_token()
+    async def _new_ticket(self, new_token: bool) -> JsapiTicket:
+        token = await self._fresh_token(new=new_token)
         try:
             ticket = await self._client.fetch_ticket(app_id=self.account.app_id, token=token)
         except TokenInvalid as exc:
@@ -203,23 +214,24 @@ class AccountCredentials:
                  self.account.name, ticket.fingerprint, ticket.expires_in)  # fmt: skip
         return ticket
 
-    async def _fresh_token(self) -> AccessToken:
-        """The fleet's token when it is fresh, else a new one (the caller holds the refresh lock).
+    async def _fresh_token(self, *, new: bool = False) -> AccessToken:
+        """The fleet's token when fresh, else (or when `new`) a new one; the caller holds the refresh lock.
 
         The shared copy is read every time: another process may have replaced the token, and a
         classic token kept from before would die after WeChat's overlap.
         """
-        record = await self._cache.get(self._token_key)
+        record = None if new else await self._cache.get(self._token_key)
         if record is not None:
             shared = AccessToken.from_record(record)
             if shared.fresh(self._clock()):
                 self._token = shared
                 return shared
-        elif not self._cache.shared and self._token is not None and self._token.fresh(self._clock()):
+        elif not new and not self._cache.shared and self._token is not None and self._token.fresh(self._clock()):
             return self._token
         account = self.account
+        # force_refresh matters to stable_token only: every classic call issues a new token anyway.
         token = await self._client.fetch_token(
-            app_id=account.app_id, secret=account.secret.reveal(), api=account.token_api
+            app_id=account.app_id, secret=account.secret.reveal(), api=account.token_api, force_refresh=new
         )
         await self._cache.set(self._token_key, token.to_record(), token.expires_at - self._clock())
         self._token = token
@@ -296,6 +308,8 @@ class AccountCredentials:
             reason=reason,
             ticket_expires_in=None if ticket is None else round(ticket.expires_at - now, 1),
             token_expires_in=None if token is None else round(token.expires_at - now, 1),
+            ticket_age=None if ticket is None else round(now - ticket.obtained_at, 1),
+            token_age=None if token is None else round(now - token.obtained_at, 1),
             last_refresh=self._last_refresh,
             last_error=None if error is None else str(error),
             errcode=getattr(error, "errcode", None),

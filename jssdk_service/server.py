@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 import uvloop
 from aiohttp import web
 
+from jssdk_service import logs
 from jssdk_service.config import Settings, load_settings
 from jssdk_service.errors import ConfigError
 from jssdk_service.sandbox import DEMO_APP_ID, SandboxAccount, SandboxServer, WeChatSandbox, closed_port_url
@@ -124,13 +125,16 @@ async def start_sandbox(settings: Settings, options: SandboxOptions) -> tuple[Sa
     return server, replace(settings, api_bases=bases)
 
 
-async def serve(settings: Settings, *, sandbox: SandboxOptions | None = None, reuse_port: bool = False) -> None:
-    """Serve in this process until SIGINT or SIGTERM."""
+async def serve(
+    settings: Settings, *, sandbox: SandboxOptions | None = None, reuse_port: bool = False, demo: bool = False
+) -> None:
+    """Serve in this process until SIGINT or SIGTERM; with a sandbox (here or in the supervisor), the demo page too."""
     stop = _stop_on_signals()
     sandbox_server = None
     if sandbox is not None:
         sandbox_server, settings = await start_sandbox(settings, sandbox)
-    runner = web.AppRunner(create_app(settings), access_log=None, handle_signals=False)
+    app = create_app(settings, demo=demo or sandbox is not None)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:
         await web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port).start()
@@ -162,7 +166,7 @@ async def supervise(settings: Settings, *, workers: int, sandbox: SandboxOptions
     spawn = multiprocessing.get_context("spawn")
 
     def start(number: int) -> multiprocessing.process.BaseProcess:
-        process = spawn.Process(target=_worker, args=(settings,), name=f"jssdk-worker-{number}")
+        process = spawn.Process(target=_worker, args=(settings, sandbox is not None), name=f"jssdk-worker-{number}")
         process.start()
         return process
 
@@ -189,10 +193,10 @@ async def supervise(settings: Settings, *, workers: int, sandbox: SandboxOptions
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _worker(settings: Settings) -> None:
+def _worker(settings: Settings, demo: bool) -> None:
     configure_logging(settings)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(settings, reuse_port=True))
+        runner.run(serve(settings, reuse_port=True, demo=demo))
 
 
 def _stop_on_signals() -> asyncio.Event:
@@ -204,7 +208,7 @@ def _stop_on_signals() -> asyncio.Event:
 
 
 def configure_logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure(level=settings.log_level, log_format=settings.log_format)
 
 
 def run(

@@ -16,6 +16,7 @@ import httpx
 import orjson
 from aiohttp import web
 
+from jssdk_service.admin import AdminAPI
 from jssdk_service.cache import SharedCache, open_cache
 from jssdk_service.config import Account, Settings
 from jssdk_service.credentials import CredentialStore, UpstreamUsage
@@ -29,6 +30,17 @@ from jssdk_service.errors import (
     UpstreamRejected,
     UpstreamUnavailable,
 )
+from jssdk_service.logs import REQUEST_ID_HEADER, begin_request, log_access
+from jssdk_service.metrics import (
+    CONTENT_TYPE,
+    UNMATCHED_ROUTE,
+    RouteMetrics,
+    exposition,
+    record_credential_ttls,
+    upstream_call_counter,
+)
+from jssdk_service.openapi import openapi_document
+from jssdk_service.pageside import PageSide
 from jssdk_service.pageurl import PageURL, host_allowed, parse_page_url, require_allowed
 from jssdk_service.share import ShareFields, check_link_domain, share_fields_from_mapping, share_payloads
 from jssdk_service.signing import NonceSource, sign_url
@@ -71,8 +83,12 @@ def create_app(
     clock: Callable[[], float] = time.time,
     retry_policy: RetryPolicy | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    demo: bool = False,
 ) -> web.Application:
-    """The aiohttp application serving `settings`; resources open and close with it."""
+    """The aiohttp application serving `settings`; resources open and close with it.
+
+    `demo` serves the sandbox's demo page at /demo (`serve --sandbox` only).
+    """
     app = web.Application(client_max_size=64 * 1024)
     app[SETTINGS] = settings
     app[CLOCK] = clock
@@ -80,7 +96,7 @@ def create_app(
     app[ALL_DOMAINS] = tuple({d for a in settings.accounts for d in a.allowed_hosts})
 
     usage = UpstreamUsage(clock=clock)
-    observers: list[CallObserver] = [usage.record]
+    observers: list[CallObserver] = [usage.record, upstream_call_counter(settings.accounts)]
     app[CALL_OBSERVERS] = observers
 
     async def wechat_client(app: web.Application) -> AsyncIterator[None]:
@@ -107,6 +123,10 @@ def create_app(
         await store.stop()
 
     app.cleanup_ctx.extend([wechat_client, shared_cache, credential_store])
+    admin = []
+    if settings.admin_token is not None:
+        admin = AdminAPI(settings.admin_token, settings=settings, store=lambda: app[STORE], cache=lambda: app[CACHE],
+                         clock=clock).routes()  # fmt: skip
     install_routes(app, [
         ("GET", "/v1/signature", signature),
         ("POST", "/v1/signature", signature),
@@ -116,6 +136,10 @@ def create_app(
         ("OPTIONS", "/v1/share", preflight),
         ("GET", "/healthz", healthz),
         ("GET", "/readyz", readyz),
+        ("GET", "/metrics", metrics),
+        ("GET", "/openapi.json", openapi),
+        *PageSide(settings, store=lambda: app[STORE], clock=clock, demo=demo).routes(),
+        *admin,
     ])  # fmt: skip
     return app
 
@@ -129,9 +153,10 @@ def install_routes(app: web.Application, routes: list[tuple[str, str, Handler]])
     Errors are rendered by a wrapper rather than a middleware: aiohttp runs two extra coroutine
     layers per request once any middleware exists, and that shows on /v1/signature's throughput.
     """
+    access_log = app[SETTINGS].access_log
     methods: dict[str, set[str]] = {}
     for method, path, handler in routes:
-        app.router.add_route(method, path, _endpoint(handler))
+        app.router.add_route(method, path, _endpoint(handler, path, access_log=access_log))
         methods.setdefault(path, set()).add(method)
 
     async def no_route(request: web.Request) -> web.StreamResponse:
@@ -140,7 +165,7 @@ def install_routes(app: web.Application, routes: list[tuple[str, str, Handler]])
             raise web.HTTPNotFound()
         raise web.HTTPMethodNotAllowed(request.method, sorted(allowed))
 
-    app.router.add_route("*", "/{path:.*}", _endpoint(no_route))
+    app.router.add_route("*", "/{path:.*}", _endpoint(no_route, UNMATCHED_ROUTE, access_log=access_log))
 
 
 # -- handlers --------------------------------------------------------------------------------
@@ -172,6 +197,17 @@ async def preflight(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     return _json({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format; credential lifetimes are read now, everything else is counted as it happens."""
+    record_credential_ttls(creds.status() for creds in request.app[STORE])
+    return web.Response(body=exposition(), headers={"Content-Type": CONTENT_TYPE})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """The OpenAPI document of the routes this service serves."""
+    return _json(openapi_document(admin=request.app[SETTINGS].admin_token is not None))
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -282,16 +318,27 @@ def _cors_headers(request: web.Request, domains: tuple[str, ...]) -> dict[str, s
     return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
 
 
-def _endpoint(handler: Handler) -> Handler:
-    """`handler` with errors rendered as JSON and CORS headers added for allowed origins."""
+def _endpoint(handler: Handler, route: str, *, access_log: bool) -> Handler:
+    """`handler` with errors rendered as JSON, CORS headers for allowed origins, a request id, and metrics.
+
+    `route` is the registered path: the label of the request's metrics and its access log line.
+    """
+    observe = RouteMetrics(route)
 
     async def endpoint(request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        request_id = begin_request(request.headers.get(REQUEST_ID_HEADER))
         try:
             response = await handler(request)
         except Exception as exc:  # every failure becomes a JSON error, never a traceback
             response = _error_response(request, exc)
         if "Origin" in request.headers and request.path.startswith("/v1/"):
             _add_cors(request, response)
+        response.headers[REQUEST_ID_HEADER] = request_id
+        elapsed = time.perf_counter() - started
+        observe(response.status, elapsed)
+        if access_log:
+            log_access(request, route, response.status, elapsed)
         return response
 
     return endpoint

@@ -74,13 +74,16 @@ ServiceFactory = Callable[..., Awaitable[RunningService]]
 
 @pytest.fixture
 async def start_service(sandbox_url: str) -> AsyncIterator[ServiceFactory]:
-    """Start the service against the sandbox; keyword arguments replace fields of its Settings."""
+    """Start the service against the sandbox; keyword arguments replace fields of its Settings.
+
+    `demo=True` also serves the sandbox's demo page, as `serve --sandbox` does.
+    """
     runners: list[web.AppRunner] = []
 
-    async def start(*, retry_policy: RetryPolicy = FAST_RETRY, **overrides: Any) -> RunningService:
+    async def start(*, retry_policy: RetryPolicy = FAST_RETRY, demo: bool = False, **overrides: Any) -> RunningService:
         settings = Settings(accounts=(make_account(),), api_bases=(sandbox_url,))
         settings = replace(settings, **overrides)
-        app = create_app(settings, retry_policy=retry_policy)
+        app = create_app(settings, retry_policy=retry_policy, demo=demo)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         runners.append(runner)

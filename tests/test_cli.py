@@ -120,3 +120,11 @@ def test_serve_sandbox_answers_the_readme_request(sandbox_service: str) -> None:
     assert all(body["appMessage"].values()) and all(body["timeline"].values())
     assert len(body["config"]["signature"]) == 40
     assert sign_url(ticket="x", nonce=body["config"]["nonceStr"], timestamp=0, url=page) != body["config"]["signature"]
+
+
+def test_serve_sandbox_serves_the_demo_page(sandbox_service: str) -> None:
+    """`serve --sandbox` serves /demo, a page that loads the helper, and the helper it loads."""
+    page = httpx.get(f"{sandbox_service}/demo")
+    assert page.status_code == 200
+    assert '<script src="/v1/jssdk-share.js"></script>' in page.text
+    assert httpx.get(f"{sandbox_service}/v1/jssdk-share.js").text.count("JssdkShare") > 1

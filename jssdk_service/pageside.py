@@ -1,0 +1,207 @@
+"""The page's side of the service: the helper script, the signature doctor, failure reports, the demo.
+
+    GET  /v1/jssdk-share.js      the page helper (static/jssdk-share.js): signs the page, sets the share
+                                 card, reports wx.config failures; ETag, and a year of caching at ?v=<ETag>
+    POST /v1/doctor              why WeChat refused a config: `doctor.diagnose` against the account's
+                                 current and recent tickets; with only a url, the latest report from it
+    POST /v1/report              what the helper sends on wx.error: diagnosed, kept (the last
+                                 RECENT_REPORTS, per process), counted in jssdk_reports_total, logged
+    GET  /demo                   `serve --sandbox` only: a page that uses the helper, with a sandbox
+    GET  /demo/sandbox-wx.js     stand-in for WeChat's jweixin (the sandbox's tickets are not WeChat's)
+
+Answers are JSON with `Cache-Control: no-store`; bad input raises the `errors` the web layer renders.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from importlib import resources
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from jssdk_service.config import Settings
+from jssdk_service.credentials import CredentialStore
+from jssdk_service.doctor import AccountTickets, Evidence, Finding, diagnose, evidence_from_mapping, page_url
+from jssdk_service.errors import InvalidRequest, UpstreamError
+from jssdk_service.metrics import REPORTS
+
+log = logging.getLogger("jssdk_service.pageside")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+RECENT_REPORTS = 100
+_JSON = {"Content-Type": "application/json; charset=utf-8", "Cache-Control": "no-store"}
+# The helper at a URL without its version may change with the next release: browsers re-check it hourly.
+_SCRIPT_MAX_AGE = 3600
+_IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+@dataclass(frozen=True, slots=True)
+class Asset:
+    """A file shipped in `jssdk_service/static`, with its content type and a version from its bytes."""
+
+    body: bytes
+    content_type: str
+    version: str
+
+    @classmethod
+    def load(cls, name: str, content_type: str) -> Asset:
+        body = resources.files("jssdk_service").joinpath("static", name).read_bytes()
+        return cls(body, content_type, hashlib.sha256(body).hexdigest()[:16])
+
+    def response(self, request: web.Request, cache_control: str) -> web.Response:
+        """The file, or 304 when the browser's copy is current."""
+        headers = {"ETag": f'"{self.version}"', "Cache-Control": cache_control}
+        if self.version in request.headers.get("If-None-Match", ""):
+            return web.Response(status=304, headers=headers)
+        return web.Response(body=self.body, headers={**headers, "Content-Type": self.content_type})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PageReport:
+    """A wx.config failure a page reported, as diagnosed when it arrived; no user agent, no landing URL."""
+
+    received_at: float
+    page: str
+    err_msg: str
+    findings: tuple[Finding, ...]
+
+
+class PageSide:
+    """The handlers of this module for one application; the credential store is looked up per request."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: Callable[[], CredentialStore],
+        clock: Callable[[], float],
+        demo: bool = False,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._clock = clock
+        self._demo = demo
+        self._script = Asset.load("jssdk-share.js", "text/javascript; charset=utf-8")
+        self.reports: deque[PageReport] = deque(maxlen=RECENT_REPORTS)
+
+    def __repr__(self) -> str:
+        return f"PageSide(reports={len(self.reports)})"
+
+    def routes(self) -> list[tuple[str, str, Handler]]:
+        routes: list[tuple[str, str, Handler]] = [
+            ("GET", "/v1/jssdk-share.js", self.script),
+            ("POST", "/v1/doctor", self.doctor),
+            ("OPTIONS", "/v1/doctor", _preflight),
+            ("POST", "/v1/report", self.report),
+            ("OPTIONS", "/v1/report", _preflight),
+        ]
+        if self._demo:
+            page = Asset.load("demo.html", "text/html; charset=utf-8")
+            stand_in = Asset.load("sandbox-wx.js", "text/javascript; charset=utf-8")
+            routes += [
+                ("GET", "/demo", _serve(page, "no-cache")),
+                ("GET", "/demo/sandbox-wx.js", _serve(stand_in, "no-cache")),
+            ]
+        return routes
+
+    async def script(self, request: web.Request) -> web.Response:
+        """The page helper: cached for a year at `?v=<its ETag>`, for an hour (then revalidated) otherwise."""
+        pinned = request.query.get("v") == self._script.version
+        return self._script.response(request, _IMMUTABLE if pinned else f"public, max-age={_SCRIPT_MAX_AGE}")
+
+    async def doctor(self, request: web.Request) -> web.Response:
+        """Findings about a wx.config; a bare url gets the diagnosis of the latest report from that page."""
+        evidence = evidence_from_mapping(await _json_object(request))
+        bare = (evidence.signature, evidence.nonce, evidence.timestamp, evidence.err_msg) == (None, None, None, None)
+        replayed = self._replay(page_url(evidence.url).raw) if bare else None
+        return _answer(replayed if replayed is not None else await self._diagnose(evidence))
+
+    async def report(self, request: web.Request) -> web.Response:
+        """A page's wx.error: diagnosed, kept, counted and logged; the answer carries the findings."""
+        evidence = evidence_from_mapping(await _json_object(request))
+        err_msg = evidence.err_msg
+        if err_msg is None:
+            raise InvalidRequest("errMsg is required: a report says what wx.error (or a share API) answered")
+        if evidence.user_agent is None and request.headers.get("User-Agent"):
+            evidence = replace(evidence, user_agent=request.headers["User-Agent"][:1024])
+        findings = await self._diagnose(evidence)
+        account = self._settings.account(evidence.app_id)
+        app = account.name if account is not None else "unknown"
+        page = page_url(evidence.url)
+        self.reports.append(
+            PageReport(
+                received_at=self._clock(),
+                page=page.raw,
+                err_msg=err_msg,
+                findings=tuple(findings),
+            )
+        )
+        REPORTS.labels(app).inc()
+        log.info(
+            "app=%s page %s%s reported %r; doctor: %s",
+            app,
+            page.host,
+            page.path,
+            err_msg[:200],
+            ", ".join(f.code for f in findings) or "no finding",
+        )
+        return _answer(findings)
+
+    async def _diagnose(self, evidence: Evidence) -> list[Finding]:
+        store = self._store()
+        accounts = []
+        for account in self._settings.accounts:
+            creds = store[account.app_id]
+            if not creds.recent_tickets:
+                # Cold start: join the first refresh; when WeChat fails, the findings say no ticket was there.
+                with contextlib.suppress(UpstreamError):
+                    await creds.ticket()
+            accounts.append(AccountTickets(account, tuple(creds.recent_tickets)))
+        return diagnose(evidence, accounts, now=self._clock())
+
+    def _replay(self, page: str) -> list[Finding] | None:
+        """The latest report from `page` as findings: a note saying so, then its diagnosis; None if none is kept."""
+        from_page = [r for r in self.reports if r.page == page]
+        if not from_page:
+            return None
+        latest = from_page[-1]
+        ago = max(0, round(self._clock() - latest.received_at))
+        message = (
+            f"a page at this URL reported {latest.err_msg[:200]!r} {ago}s ago ({len(from_page)} of the last "
+            f"{len(self.reports)} reports kept came from it); the other findings are that report's diagnosis."
+        )
+        return [Finding("reported", "info", message), *latest.findings]
+
+
+def _serve(asset: Asset, cache_control: str) -> Handler:
+    async def serve(request: web.Request) -> web.Response:
+        return asset.response(request, cache_control)
+
+    return serve
+
+
+async def _preflight(request: web.Request) -> web.Response:
+    """CORS preflight: the web layer adds the headers for allowed origins."""
+    return web.Response(status=204)
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be a JSON object")
+    return body
+
+
+def _answer(findings: list[Finding]) -> web.Response:
+    return web.Response(body=orjson.dumps({"findings": [f.to_json() for f in findings]}), headers=_JSON)
