@@ -184,7 +184,8 @@ async def share(request: web.Request) -> web.Response:
     params = request.query if request.method == "GET" else await _json_body(request)
     account, page = _resolve(request, params)
     override = _share_override(params.get("share"), account)
-    payloads = share_payloads(page, account.share, account.allowed_hosts, override)
+    shared_page = _shared_page(params.get("page"), account) or page
+    payloads = share_payloads(shared_page, account.share, account.allowed_hosts, override)
     ticket = await _ticket(request.app, account)
     body = {"config": _config(request.app, account, page, ticket), **payloads}
     return _json(body, headers=_NO_STORE)
@@ -279,6 +280,18 @@ def _config(app: web.Application, account: Account, page: PageURL, ticket: Jsapi
     if account.open_tag_list:
         config["openTagList"] = account.open_tag_list
     return config
+
+
+def _shared_page(value: Any, account: Account) -> PageURL | None:
+    """`page`: the page the card is for when it is not the signed `url` (iOS WeChat signs a
+    single-page app's landing URL); its path picks the share rule and it is the default link."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidURL("page must be a string")
+    page = parse_page_url(value)
+    require_allowed(page.host, account.allowed_hosts, what="page")
+    return page
 
 
 def _share_override(value: Any, account: Account) -> ShareFields | None:

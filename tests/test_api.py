@@ -253,3 +253,21 @@ async def test_health_and_readiness(start_service: ServiceFactory, http: aiohttp
     (account,) = body["accounts"]
     assert (account["app"], account["ready"], account["errcode"]) == ("main", False, 40125)
     assert "nope-nope" not in str(body)
+
+
+async def test_share_page_picks_the_rule_when_the_signed_url_differs(
+    start_service: ServiceFactory, sandbox: WeChatSandbox, http: aiohttp.ClientSession
+) -> None:
+    """`page` (iOS signs a single-page app's landing URL) picks the share rule and the link; `url` is what is signed."""
+    policy = SharePolicy(
+        defaults=ShareFields(title="App"), rules=(ShareRule("/app/orders/*", ShareFields(title="Order")),)
+    )
+    service = await start_service(accounts=(make_account(share=policy),))
+    landing, current = "https://example.com/app/", "https://example.com/app/orders/42?tab=items"
+    status, _, body = await post(http, f"{service.url}/v1/share", json={"url": landing, "page": current})
+    assert status == 200
+    assert_verifies(sandbox, body["config"], landing)
+    assert body["appMessage"]["title"] == "Order"
+    assert body["appMessage"]["link"] == body["timeline"]["link"] == current
+    status, _, body = await post(http, f"{service.url}/v1/share", json={"url": landing, "page": "https://evil.com/"})
+    assert (status, body["error"]["code"]) == (403, "host_not_allowed")

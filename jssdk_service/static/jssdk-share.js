@@ -104,10 +104,9 @@
     var userAgent = String((window.navigator && window.navigator.userAgent) || '');
     var page = withoutFragment(String(window.location.href));
     var signed = isIosWeChat(userAgent) ? landingUrl : page;
-    var share = shareFields(options.share);
-    // The service's link defaults to the signed URL; after a route change on iOS that is not this page.
-    if (share.link === undefined && signed !== page) share.link = page;
-    var request = { url: signed, share: share };
+    var request = { url: signed, share: shareFields(options.share) };
+    // After a route change on iOS the signed URL is not this page: the card is for this page.
+    if (signed !== page) request.page = page;
     if (options.app) request.app = options.app;
     log(options, 'signing', signed);
     return post(endpoint + '/v1/share', request).then(function (answer) {

@@ -28,7 +28,7 @@ test('iOS WeChat after a route change: signs the landing URL, shares the current
   const answer = await JssdkShare.init({ endpoint: SERVICE, share: { title: 'Order 42' } });
   const [request] = page.sent('/v1/share');
   assert.equal(request.url, 'https://example.com/app/?from=menu');
-  assert.equal(request.share.link, 'https://example.com/app/orders/42?tab=items');
+  assert.equal(request.page, 'https://example.com/app/orders/42?tab=items');
   assert.equal(answer.appMessage.link, 'https://example.com/app/orders/42?tab=items');
   assert.equal(wx.shared.updateTimelineShareData.link, 'https://example.com/app/orders/42?tab=items');
   assert.equal(JssdkShare.landingUrl, 'https://example.com/app/?from=menu');
