@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
@@ -115,6 +116,15 @@ def all_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixt
     """Every log record at DEBUG and above, from every logger."""
     caplog.set_level(logging.DEBUG)
     yield caplog
+
+
+def metric_sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of the sample of `name` with (at least) `labels` in a Prometheus text exposition."""
+    for line in text.splitlines():
+        found = re.fullmatch(rf"{name}\{{(.*)\}} (\S+)", line)
+        if found and all(f'{key}="{value}"' in found.group(1) for key, value in labels.items()):
+            return float(found.group(2))
+    return None
 
 
 def require_binary(name: str) -> str:

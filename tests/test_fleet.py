@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from jssdk_service.cache import RedisCache
 from jssdk_service.sandbox import WeChatSandbox
 
-from .conftest import APP_ID, SECRET, require_binary
+from .conftest import APP_ID, SECRET, metric_sample, require_binary
 
 PAGE = "https://example.com/p"
 
@@ -313,8 +313,17 @@ async def test_serve_workers_runs_n_processes_on_one_port(
         while sorted(worker_pids(process.pid)) == sorted(first) or len(worker_pids(process.pid)) < 3:
             assert time.monotonic() < deadline, "the dead worker was not replaced"
             await asyncio.sleep(0.2)
-        results = await asyncio.gather(*(sign(http, url, "http://localhost/") for _ in range(60)))
-        assert {status for status, _ in results} == {200}
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
+            # A connection each, so that the kernel spreads them over the workers.
+            results = await asyncio.gather(*(sign(fresh, url, "http://localhost/") for _ in range(60)))
+            assert {status for status, _ in results} == {200}
+            await asyncio.sleep(1.5)  # every worker publishes its request counts each second
+            for _ in range(3):
+                async with fresh.get(f"{url}/metrics") as response:
+                    text = await response.text()
+                served = metric_sample(text, "jssdk_http_requests_total", route="/v1/signature", status="200")
+                assert served is not None and served >= 60, "metrics are not added up over the workers"
+                assert metric_sample(text, "jssdk_upstream_calls_total", api="getticket", outcome="ok") == 1
     finally:
         process.send_signal(signal.SIGTERM)
         assert await process.wait() == 0
