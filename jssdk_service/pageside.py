@@ -21,11 +21,11 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from importlib import resources
-from typing import Any
 
 import orjson
 from aiohttp import web
 
+from jssdk_service.bodies import json_object, preflight
 from jssdk_service.config import Settings
 from jssdk_service.credentials import CredentialStore
 from jssdk_service.doctor import AccountTickets, Evidence, Finding, diagnose, evidence_from_mapping, page_url
@@ -99,9 +99,9 @@ class PageSide:
         routes: list[tuple[str, str, Handler]] = [
             ("GET", "/v1/jssdk-share.js", self.script),
             ("POST", "/v1/doctor", self.doctor),
-            ("OPTIONS", "/v1/doctor", _preflight),
+            ("OPTIONS", "/v1/doctor", preflight),
             ("POST", "/v1/report", self.report),
-            ("OPTIONS", "/v1/report", _preflight),
+            ("OPTIONS", "/v1/report", preflight),
         ]
         if self._demo:
             page = Asset.load("demo.html", "text/html; charset=utf-8")
@@ -119,14 +119,14 @@ class PageSide:
 
     async def doctor(self, request: web.Request) -> web.Response:
         """Findings about a wx.config; a bare url gets the diagnosis of the latest report from that page."""
-        evidence = evidence_from_mapping(await _json_object(request))
+        evidence = evidence_from_mapping(await json_object(request))
         bare = (evidence.signature, evidence.nonce, evidence.timestamp, evidence.err_msg) == (None, None, None, None)
         replayed = self._replay(page_url(evidence.url).raw) if bare else None
         return _answer(replayed if replayed is not None else await self._diagnose(evidence))
 
     async def report(self, request: web.Request) -> web.Response:
         """A page's wx.error: diagnosed, kept, counted and logged; the answer carries the findings."""
-        evidence = evidence_from_mapping(await _json_object(request))
+        evidence = evidence_from_mapping(await json_object(request))
         err_msg = evidence.err_msg
         if err_msg is None:
             raise InvalidRequest("errMsg is required: a report says what wx.error (or a share API) answered")
@@ -186,21 +186,6 @@ def _serve(asset: Asset, cache_control: str) -> Handler:
         return asset.response(request, cache_control)
 
     return serve
-
-
-async def _preflight(request: web.Request) -> web.Response:
-    """CORS preflight: the web layer adds the headers for allowed origins."""
-    return web.Response(status=204)
-
-
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        raise InvalidRequest("the body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("the body must be a JSON object")
-    return body
 
 
 def _answer(findings: list[Finding]) -> web.Response:

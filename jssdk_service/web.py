@@ -19,6 +19,7 @@ import orjson
 from aiohttp import web
 
 from jssdk_service.admin import AdminAPI
+from jssdk_service.bodies import json_object, preflight
 from jssdk_service.cache import SharedCache, open_cache
 from jssdk_service.config import Account, Settings
 from jssdk_service.credentials import CredentialStore, UpstreamUsage
@@ -189,7 +190,7 @@ def install_routes(app: web.Application, routes: list[tuple[str, str, Handler]])
 
 async def signature(request: web.Request) -> web.Response:
     """`wx.config`'s object for the page URL."""
-    params = request.query if request.method == "GET" else await _json_body(request)
+    params = request.query if request.method == "GET" else await json_object(request)
     account, page = _resolve(request, params)
     ticket = await _ticket(request.app, account)
     return _json(_config(request.app, account, page, ticket), headers=_NO_STORE)
@@ -197,7 +198,7 @@ async def signature(request: web.Request) -> web.Response:
 
 async def share(request: web.Request) -> web.Response:
     """`wx.config`'s object plus the two share payloads for the page."""
-    params = request.query if request.method == "GET" else await _json_body(request)
+    params = request.query if request.method == "GET" else await json_object(request)
     account, page = _resolve(request, params)
     override = _share_override(params.get("share"), account)
     shared_page = _shared_page(params.get("page"), account) or page
@@ -205,11 +206,6 @@ async def share(request: web.Request) -> web.Response:
     ticket = await _ticket(request.app, account)
     body = {"config": _config(request.app, account, page, ticket), **payloads}
     return _json(body, headers=_NO_STORE)
-
-
-async def preflight(request: web.Request) -> web.Response:
-    """CORS preflight for the POST forms; headers are added by the middleware for allowed origins."""
-    return web.Response(status=204)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -246,16 +242,6 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 # -- the pieces ------------------------------------------------------------------------------
-
-
-async def _json_body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        raise InvalidRequest("the body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("the body must be a JSON object")
-    return body
 
 
 def _resolve(request: web.Request, params: Mapping[str, Any]) -> tuple[Account, PageURL]:
