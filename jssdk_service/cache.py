@@ -163,11 +163,10 @@ class RedisCache:
         raw = self._cache._build_key(key)
 
         async def incr() -> int:
-            async with self._cache.client.pipeline(transaction=True) as pipe:
-                pipe.incrby(raw, by)
-                pipe.expire(raw, int(ttl), nx=True)
-                count, _ = await pipe.execute()
-            return int(count)
+            count = int(await self._cache.client.incrby(raw, by))
+            if count == by:  # created just now (EXPIRE NX would need Redis 7)
+                await self._cache.client.expire(raw, int(ttl))
+            return count
 
         count = await self._guard(incr())
         return None if count is None else int(count)

@@ -79,7 +79,7 @@ class Settings:
     log_format: LogFormat = "json"
     access_log: bool = False
     redis_password: Secret | None = None
-    lock_lease: float = 20.0
+    lock_lease: float = 75.0
 
     def account(self, key: str | None) -> Account | None:
         """The account named `key` (its name or appId), or the only one when `key` is empty."""
@@ -126,7 +126,7 @@ def load_settings(env: Mapping[str, str], config_path: str | None = None) -> Set
         log_format=_log_format(pick("JSSDK_LOG_FORMAT", "log_format") or "json"),
         access_log=_flag(pick("JSSDK_ACCESS_LOG", "access_log") or False, "JSSDK_ACCESS_LOG"),
         redis_password=Secret(env["JSSDK_REDIS_PASSWORD"]) if env.get("JSSDK_REDIS_PASSWORD") else None,
-        lock_lease=_seconds(pick("JSSDK_LOCK_LEASE", "lock_lease") or 20.0, "JSSDK_LOCK_LEASE"),
+        lock_lease=_seconds(pick("JSSDK_LOCK_LEASE", "lock_lease") or 75.0, "JSSDK_LOCK_LEASE"),
     )
 
 

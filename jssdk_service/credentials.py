@@ -18,7 +18,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from jssdk_service.cache import SharedCache
 from jssdk_service.config import Account
@@ -35,7 +35,12 @@ from jssdk_service.wechat import WeChatClient
 
 log = logging.getLogger("jssdk_service.credentials")
 
+C = TypeVar("C", AccessToken, JsapiTicket)
+
 RECENT_TICKETS = 5
+# How long a fleet refresh lock lives if its holder dies: longer than a whole refresh may take
+# (token and ticket calls, and both again after a refused token, each within its 15 s deadline).
+LOCK_LEASE = 75.0
 # How often a process waiting on another's refresh looks for its result.
 LOCK_POLL = 0.05
 # Published daily quotas per API (WECHAT.md §1); getticket's is not published.
@@ -78,7 +83,7 @@ class AccountCredentials:
         cache: SharedCache,
         *,
         clock: Callable[[], float] = time.time,
-        lock_lease: float = 20.0,
+        lock_lease: float = LOCK_LEASE,
         usage: UpstreamUsage | None = None,
     ) -> None:
         self.account = account
@@ -155,6 +160,13 @@ class AccountCredentials:
         except UpstreamError as exc:
             self._record_failure(exc)
             raise
+        except Exception as exc:
+            # Anything else (say, a cache record in a format this version cannot read) must not end
+            # the background refresher or reach a request as a 500: it is a failed refresh.
+            log.exception("app=%s refresh failed unexpectedly", self.account.name)
+            failure = UpstreamUnavailable(f"refresh failed: {type(exc).__name__}", app_id=self.account.app_id)
+            self._record_failure(failure)
+            raise failure from None
         finally:
             if self._usage is not None:
                 await self._usage.flush(self._cache)
@@ -187,11 +199,19 @@ class AccountCredentials:
             await self._cache.release(self._lock_key, owner)
 
     async def _shared_ticket(self) -> JsapiTicket | None:
-        record = await self._cache.get(self._ticket_key)
+        shared = await self._read_shared(self._ticket_key, JsapiTicket)
+        return shared if shared is not None and shared.fresh(self._clock()) and shared != self._ticket else None
+
+    async def _read_shared(self, key: str, kind: type[C]) -> C | None:
+        """The credential at `key` in the shared cache; a record this version cannot read counts as none."""
+        record = await self._cache.get(key)
         if record is None:
             return None
-        shared = JsapiTicket.from_record(record)
-        return shared if shared.fresh(self._clock()) and shared != self._ticket else None
+        try:
+            return kind.from_record(record)
+        except (KeyError, TypeError, ValueError):
+            log.warning("app=%s unreadable %s record in the shared cache; fetching anew", self.account.name, key)
+            return None
 
     async def _new_ticket(self, new_token: bool) -> JsapiTicket:
         token = await self._fresh_token(new=new_token)
@@ -220,9 +240,8 @@ class AccountCredentials:
         The shared copy is read every time: another process may have replaced the token, and a
         classic token kept from before would die after WeChat's overlap.
         """
-        record = None if new else await self._cache.get(self._token_key)
-        if record is not None:
-            shared = AccessToken.from_record(record)
+        shared = None if new else await self._read_shared(self._token_key, AccessToken)
+        if shared is not None:
             if shared.fresh(self._clock()):
                 self._token = shared
                 return shared
@@ -275,12 +294,12 @@ class AccountCredentials:
     def next_refresh_delay(self) -> float:
         """Seconds until the background task should look again."""
         now = self._clock()
+        ticket = self._ticket
+        if ticket is not None and ticket.fresh(now):
+            return max(0.05, ticket.refresh_at - now)
         if self._error is not None:
             return max(0.05, self._blocked_until - now)
-        ticket = self._ticket
-        if ticket is None:
-            return 0.0
-        return max(0.05, ticket.refresh_at - now)
+        return 0.0
 
     async def keep_fresh(self) -> None:
         """The background refresher: runs until cancelled, refreshing ahead of expiry."""
@@ -328,7 +347,7 @@ class CredentialStore:
         cache: SharedCache,
         *,
         clock: Callable[[], float] = time.time,
-        lock_lease: float = 20.0,
+        lock_lease: float = LOCK_LEASE,
         usage: UpstreamUsage | None = None,
     ) -> None:
         self._by_app_id = {

@@ -16,7 +16,7 @@ from jssdk_service.cache import MemoryCache
 from jssdk_service.config import Secret, Settings
 from jssdk_service.credentials import UpstreamUsage
 from jssdk_service.sandbox import WeChatSandbox, closed_port_url
-from jssdk_service.web import CALL_OBSERVERS, STORE, WECHAT, create_app
+from jssdk_service.web import CACHE, CALL_OBSERVERS, STORE, WECHAT, create_app
 
 from .conftest import APP_ID, FAST_RETRY, RunningService, ServiceFactory, make_account
 
@@ -213,3 +213,17 @@ async def test_upstream_calls_today_are_counted_per_account(
     assert (await sign(http, service))[0] == 200
     creds = service.app[STORE][APP_ID]
     assert await creds.calls_today() == {"token": 0, "stable_token": 1, "getticket": 1}
+
+
+async def test_an_unreadable_cache_record_counts_as_missing(
+    service: RunningService, sandbox: WeChatSandbox, http: aiohttp.ClientSession
+) -> None:
+    """Records the service cannot read (another version's format) are fetched anew, never a 500."""
+    assert (await sign(http, service))[0] == 200
+    cache = service.app[CACHE]
+    await cache.set(f"{APP_ID}:ticket", {"format": 2}, 60)
+    await cache.set(f"{APP_ID}:token:stable", {"value": "x", "obtained_at": "yesterday"}, 60)
+    await service.credentials().refresh()
+    status, config = await sign(http, service)
+    assert status == 200 and verifies(sandbox, config)
+    assert sandbox.count("getticket") == 2
