@@ -91,12 +91,51 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "properties": {"url": _string(description="The page URL, without its #fragment"), "app": _string()},
         "required": ["url"],
+        "example": {"url": "https://example.com/p?a=1"},
     },
     "ShareRequest": {
         "type": "object",
-        "properties": {"url": _string(), "app": _string(), "share": _ref("ShareFields")},
+        "properties": {
+            "url": _string(),
+            "app": _string(),
+            "share": _ref("ShareFields"),
+            "page": _string(description="The page the card is for when it is not the signed url (iOS, SPA)"),
+        },
         "required": ["url"],
+        "example": {"url": "https://example.com/p?a=1", "share": {"title": "A title"}},
     },
+    "Evidence": {
+        "type": "object",
+        "description": "What the page passed to wx.config and what WeChat answered; only url is required",
+        "properties": {
+            "url": _string(description="The page's location.href"),
+            "landingUrl": _string(),
+            "appId": _string(),
+            "signature": _string(),
+            "nonceStr": _string(),
+            "timestamp": {"type": ["integer", "string"]},
+            "userAgent": _string(),
+            "errMsg": _string(),
+        },
+        "required": ["url"],
+        "additionalProperties": False,
+        "example": {"url": "https://example.com/p", "errMsg": "config:invalid signature"},
+    },
+    "Report": {"allOf": [_ref("Evidence"), {"required": ["errMsg"]}]},
+    "Findings": _object(
+        {
+            "findings": {
+                "type": "array",
+                "items": _object(
+                    {
+                        "code": _string(pattern="^[a-z_]+$"),
+                        "severity": {"enum": ["error", "warning", "info", "ok"]},
+                        "message": _string(),
+                    }
+                ),
+            }
+        }
+    ),
     "Health": _object({"status": {"const": "ok"}}),
     "Readiness": _object(
         {
@@ -181,6 +220,7 @@ _URL = {
     "required": True,
     "description": "The page URL as the browser has it, `encodeURIComponent(location.href.split('#')[0])`",
     "schema": _string(),
+    "example": "https://example.com/p?a=1",
 }
 _APP = {
     "name": "app",
@@ -207,6 +247,36 @@ _PREFLIGHT = {
     "description": "Pages on the account's JS secure domains get Access-Control-Allow-* headers for their origin.",
     "responses": {"204": {"description": "Preflight answered", "headers": _REQUEST_ID}},
 }
+
+
+def _asset(summary: str, content_type: str, parameters: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A static file with an ETag: 200 with it, or 304 when If-None-Match names its current version."""
+    headers = {**_REQUEST_ID, "ETag": {"schema": _string()}, "Cache-Control": {"schema": _string()}}
+    return {
+        "get": {
+            "summary": summary,
+            "parameters": parameters or [],
+            "responses": {
+                "200": {"description": summary, "headers": headers, "content": {content_type: {"schema": _string()}}},
+                "304": {"description": "The browser's copy is current", "headers": headers},
+            },
+        }
+    }
+
+
+def _doctor_path(summary: str, body: str) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": summary,
+            "requestBody": {"required": True, "content": {JSON: {"schema": _ref(body)}}},
+            "responses": {
+                "200": _json_response("The findings, the worst first", _ref("Findings")),
+                "400": _error("The body, a URL or a field is malformed", "invalid_request", "invalid_url"),
+                "413": _error("The body is larger than 64 KiB", "payload_too_large"),
+            },
+        },
+        "options": _PREFLIGHT,
+    }
 
 
 def _signing_path(summary: str, answer: str, body: str) -> dict[str, Any]:
@@ -276,11 +346,18 @@ _ADMIN_PATHS: dict[str, Any] = {
 }
 
 
-def openapi_document(*, admin: bool) -> dict[str, Any]:
-    """The document of the routes the service serves; the `/admin/*` routes only when `admin`."""
+def openapi_document(*, admin: bool, demo: bool) -> dict[str, Any]:
+    """The document of the routes the service serves: `/admin/*` only when `admin`, `/demo` only when `demo`."""
     paths: dict[str, Any] = {
         "/v1/signature": _signing_path("wx.config object for a page", "Config", "SignatureRequest"),
         "/v1/share": _signing_path("wx.config object and the two share payloads", "Share", "ShareRequest"),
+        "/v1/jssdk-share.js": _asset(
+            "The page helper script",
+            "text/javascript",
+            [{"name": "v", "in": "query", "schema": _string(), "description": "Its ETag: cached for a year"}],
+        ),
+        "/v1/doctor": _doctor_path("Why WeChat refused a wx.config", "Evidence"),
+        "/v1/report": _doctor_path("A page's wx.config failure: kept, counted, diagnosed", "Report"),
         "/healthz": {
             "get": {
                 "summary": "200 while the process runs",
@@ -325,6 +402,9 @@ def openapi_document(*, admin: bool) -> dict[str, Any]:
             }
         },
     }
+    if demo:
+        paths["/demo"] = _asset("The sandbox's demo page", "text/html")
+        paths["/demo/sandbox-wx.js"] = _asset("The demo page's stand-in for jweixin", "text/javascript")
     if admin:
         paths.update(_ADMIN_PATHS)
         components["securitySchemes"] = {"adminBearer": {"type": "http", "scheme": "bearer"}}

@@ -154,7 +154,7 @@ def create_app(
         ("GET", "/healthz", healthz),
         ("GET", "/readyz", readyz),
         ("GET", "/metrics", metrics),
-        ("GET", "/openapi.json", openapi),
+        ("GET", "/openapi.json", _document(openapi_document(admin=settings.admin_token is not None, demo=demo))),
         *PageSide(settings, store=lambda: app[STORE], clock=clock, demo=demo).routes(),
         *admin,
     ])  # fmt: skip
@@ -190,21 +190,23 @@ def install_routes(app: web.Application, routes: list[tuple[str, str, Handler]])
 
 async def signature(request: web.Request) -> web.Response:
     """`wx.config`'s object for the page URL."""
+    app = request.app  # a property behind a property: read once on the hot path
     params = request.query if request.method == "GET" else await json_object(request)
-    account, page = _resolve(request, params)
-    ticket = await _ticket(request.app, account)
-    return _json(_config(request.app, account, page, ticket), headers=_NO_STORE)
+    account, page = _resolve(request, app, params)
+    ticket = await _ticket(app, account)
+    return _json(_config(app, account, page, ticket), headers=_NO_STORE)
 
 
 async def share(request: web.Request) -> web.Response:
     """`wx.config`'s object plus the two share payloads for the page."""
+    app = request.app
     params = request.query if request.method == "GET" else await json_object(request)
-    account, page = _resolve(request, params)
+    account, page = _resolve(request, app, params)
     override = _share_override(params.get("share"), account)
     shared_page = _shared_page(params.get("page"), account) or page
     payloads = share_payloads(shared_page, account.share, account.allowed_hosts, override)
-    ticket = await _ticket(request.app, account)
-    body = {"config": _config(request.app, account, page, ticket), **payloads}
+    ticket = await _ticket(app, account)
+    body = {"config": _config(app, account, page, ticket), **payloads}
     return _json(body, headers=_NO_STORE)
 
 
@@ -218,9 +220,14 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=exposition(), headers={"Content-Type": CONTENT_TYPE})
 
 
-async def openapi(request: web.Request) -> web.Response:
-    """The OpenAPI document of the routes this service serves."""
-    return _json(openapi_document(admin=request.app[SETTINGS].admin_token is not None))
+def _document(document: dict[str, Any]) -> Handler:
+    """A handler answering `document`, the OpenAPI description of this application's routes."""
+    body = orjson.dumps(document)
+
+    async def openapi(request: web.Request) -> web.Response:
+        return web.Response(body=body, headers=_JSON)
+
+    return openapi
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -244,8 +251,8 @@ async def readyz(request: web.Request) -> web.Response:
 # -- the pieces ------------------------------------------------------------------------------
 
 
-def _resolve(request: web.Request, params: Mapping[str, Any]) -> tuple[Account, PageURL]:
-    settings = request.app[SETTINGS]
+def _resolve(request: web.Request, app: web.Application, params: Mapping[str, Any]) -> tuple[Account, PageURL]:
+    settings = app[SETTINGS]
     app_key = params.get("app")
     if app_key is not None and not isinstance(app_key, str):
         raise InvalidRequest("app must be a string")

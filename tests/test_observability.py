@@ -1,0 +1,151 @@
+"""Metrics across processes, request ids in log records, and logs through upstream failures."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import aiohttp
+import orjson
+
+from jssdk_service import logs
+from jssdk_service.config import Secret
+from jssdk_service.sandbox import DEMO_APP_ID
+
+from .conftest import SECRET, ServiceFactory, make_account, metric_sample
+
+PAGE = "https://example.com/p"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def serving(log: Path, *args: str, **env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`serve --sandbox` on a free port with `env` added; stopped with SIGTERM (a clean shutdown) at the end."""
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("JSSDK_") and k != "PROMETHEUS_MULTIPROC_DIR"}
+    with log.open("wb") as output:
+        process = subprocess.Popen([sys.executable, "-m", "jssdk_service", "serve", "--sandbox", "--port", str(port),
+                                    *args], env={**clean, **env}, stdout=output, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        yield f"http://127.0.0.1:{port}", process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0, log.read_text()
+
+
+async def wait_healthy(http: aiohttp.ClientSession, url: str) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            async with http.get(f"{url}/healthz") as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        assert time.monotonic() < deadline, "the service did not start"
+        await asyncio.sleep(0.1)
+
+
+async def sign(http: aiohttp.ClientSession, url: str) -> int:
+    async with http.get(f"{url}/v1/signature", params={"url": PAGE}) as response:
+        await response.read()
+        return response.status
+
+
+async def test_metrics_add_up_over_processes_sharing_a_directory(tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    """With PROMETHEUS_MULTIPROC_DIR shared, one process's /metrics counts every process's requests and calls."""
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(shared), "JSSDK_LOG_LEVEL": "WARNING"}
+    with serving(tmp_path / "a.log", **env) as (a, _), serving(tmp_path / "b.log", **env) as (b, b_process):
+        await asyncio.gather(wait_healthy(http, a), wait_healthy(http, b))
+        assert [await sign(http, a) for _ in range(3)] == [200] * 3
+        assert [await sign(http, b) for _ in range(2)] == [200] * 2
+        b_process.send_signal(signal.SIGTERM)  # B writes its numbers as it stops
+        assert b_process.wait(timeout=10) == 0
+        async with http.get(f"{a}/metrics") as response:
+            text = await response.text()
+    assert metric_sample(text, "jssdk_http_requests_total", route="/v1/signature", status="200") == 5
+    assert metric_sample(text, "jssdk_http_request_duration_seconds_count", route="/v1/signature") == 5
+    assert metric_sample(text, "jssdk_http_request_duration_seconds_bucket", route="/v1/signature", le="+Inf") == 5
+    for api in ("stable_token", "getticket"):
+        assert metric_sample(text, "jssdk_upstream_calls_total", app=DEMO_APP_ID, api=api, outcome="ok") == 2
+    ttl = metric_sample(text, "jssdk_credential_ttl_seconds", app=DEMO_APP_ID, kind="ticket")
+    assert ttl is not None and 7000 < ttl <= 7200
+    assert text.count("# TYPE jssdk_http_requests_total counter") == 1
+
+
+async def test_a_log_record_carries_the_id_of_the_request_it_serves(
+    start_service: ServiceFactory, http: aiohttp.ClientSession
+) -> None:
+    """A record written while a request is served has that request's id, the one its response returns."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(logs.RequestIdFilter())
+    handler.setFormatter(logs.JsonFormatter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        service = await start_service(accounts=(make_account(secret=Secret("not-the-secret")),))
+        async with http.get(f"{service.url}/v1/signature", params={"url": PAGE}) as response:
+            assert response.status == 503  # logged as a warning by the web layer
+            request_id = response.headers["X-Request-Id"]
+        async with http.get(f"{service.url}/v1/signature", params={"url": PAGE},
+                            headers={"X-Request-Id": "trace-7f3a"}) as response:  # fmt: skip
+            assert response.headers["X-Request-Id"] == "trace-7f3a"
+    finally:
+        root.removeHandler(handler)
+    entries = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+    served = [e for e in entries if e["logger"] == "jssdk_service.web" and e["level"] == "WARNING"]
+    assert [e.get("request_id") for e in served] == [request_id, "trace-7f3a"]
+    assert all("40125" in e["message"] and "not-the-secret" not in e["message"] for e in served)
+
+
+async def test_new_request_ids_are_unique_and_unsafe_ones_are_replaced(
+    start_service: ServiceFactory, http: aiohttp.ClientSession
+) -> None:
+    """Requests without a usable X-Request-Id each get a new id; a long or unsafe one is not echoed."""
+    service = await start_service()
+    seen = set()
+    for incoming in (None, None, None, "x" * 65, "a b", "<script>", "ok.id:1-2_3=+"):
+        headers = {} if incoming is None else {"X-Request-Id": incoming}
+        async with http.get(f"{service.url}/healthz", headers=headers) as response:
+            seen.add(response.headers["X-Request-Id"])
+    assert "ok.id:1-2_3=+" in seen and len(seen) == 7
+    assert not {"x" * 65, "a b", "<script>"} & seen
+
+
+async def test_upstream_failures_are_logged_as_json_without_credentials(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """WeChat refusing every call is logged, as JSON lines with request ids, and no secret reaches the log."""
+    log = tmp_path / "service.log"
+    with serving(log, "--sandbox-errors", "40125:1", "--access-log", JSSDK_LOG_LEVEL="DEBUG",
+                 JSSDK_APP_ID="wx1234567890abcdef", JSSDK_APP_SECRET=SECRET,
+                 JSSDK_ALLOWED_HOSTS="example.com") as (url, _):  # fmt: skip
+        await wait_healthy(http, url)
+        assert [await sign(http, url) for _ in range(3)] == [503] * 3
+        async with http.get(f"{url}/readyz") as response:
+            assert response.status == 503
+    entries = [orjson.loads(line) for line in log.read_text().splitlines()]
+    assert any(e["logger"] == "jssdk_service.credentials" and "40125" in e["message"] for e in entries)
+    failed = [e for e in entries if e["logger"] == "jssdk_service.access" and e["status"] == 503]
+    assert len(failed) == 4 and all(e["request_id"] for e in failed)
+    text = log.read_text()
+    assert SECRET not in text and "sandbox_token_" not in text and "sandbox_ticket_" not in text
