@@ -11,11 +11,24 @@ ever holds the cached object itself, and every backend sees the same bytes.
   dies stops blocking others when its lease runs out. While Redis is unreachable every operation
   degrades to "not found / not shared" instead of failing, the outage is logged once, and the next
   operation that succeeds ends it: the service keeps signing from memory and refreshes on its own.
+  `watch()` probes Redis every `PROBE_EVERY` seconds, so an outage and its end are noticed with no
+  traffic, and says what went wrong: unreachable, a refused password, a database that does not
+  exist. At most `MAX_OPERATIONS` operations of a process are in flight at once, so ten thousand
+  accounts starting together do not open ten thousand connections.
+
+News: `announce(key)` tells every other process (Redis pub/sub, channel `jssdk:news`) that `key`
+holds a new credential; the message carries the key and the sender, never a value, and each
+process reads the cache itself. `watch(on_news)` passes other processes' news on; without Redis,
+or while it is away, there is no news and every process refreshes on its own schedule.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import secrets
+from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
@@ -24,10 +37,15 @@ import redis.exceptions
 from aiocache import RedisCache as AiocacheRedis
 from aiocache import SimpleMemoryCache
 from aiocache.serializers import StringSerializer
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 log = logging.getLogger("jssdk_service.cache")
 
 NAMESPACE = "jssdk"
+NEWS_CHANNEL = f"{NAMESPACE}:news"
+PROBE_EVERY = 2.0
+MAX_OPERATIONS = 32
 
 # Delete KEY only while its record's "value" is still ARGV[1]: compare-and-refresh for the fleet.
 _DELETE_IF_VALUE = """
@@ -71,6 +89,14 @@ class SharedCache(Protocol):
 
     def health(self) -> dict[str, Any]:
         """What /readyz says about the cache."""
+        ...
+
+    async def announce(self, key: str) -> None:
+        """Tell the other processes that `key` holds a new credential (nothing to do without a fleet)."""
+        ...
+
+    async def watch(self, on_news: Callable[[str], None]) -> None:
+        """Until cancelled: keep `health()` current, and call `on_news(key)` for other processes' news."""
         ...
 
     async def close(self) -> None: ...
@@ -118,6 +144,12 @@ class MemoryCache:
     def health(self) -> dict[str, Any]:
         return {"backend": "memory", "ok": True}
 
+    async def announce(self, key: str) -> None:
+        return None
+
+    async def watch(self, on_news: Callable[[str], None]) -> None:
+        return None
+
     async def close(self) -> None:
         await self._cache.close()
 
@@ -131,6 +163,7 @@ class RedisCache:
         parts = urlsplit(url)
         db = (parts.path or "/0").strip("/") or "0"
         self._where = f"{parts.scheme}://{parts.hostname or '127.0.0.1'}:{parts.port or 6379}/{db}"
+        self._db = db
         self._cache = AiocacheRedis(
             serializer=StringSerializer(),
             namespace=NAMESPACE,
@@ -141,9 +174,18 @@ class RedisCache:
             password=unquote(parts.password) if parts.password else password,
             ssl=parts.scheme == "rediss",
             create_connection_timeout=op_timeout,
-            connection_pool_kwargs={"socket_timeout": op_timeout},
+            # A pooled connection that Redis closed (a restart) fails once on its next use: try that
+            # operation again at once on a new connection rather than report an outage that is over.
+            connection_pool_kwargs={
+                "socket_timeout": op_timeout,
+                "retry": Retry(NoBackoff(), 1),
+                "retry_on_error": [redis.exceptions.ConnectionError],
+            },
         )
         self._error: str | None = None
+        self._error_kind: str | None = None
+        self._operations = asyncio.Semaphore(MAX_OPERATIONS)
+        self._sender = secrets.token_hex(6)
 
     def __repr__(self) -> str:
         return f"RedisCache({self._where!r})"
@@ -189,6 +231,37 @@ class RedisCache:
             status["error"] = self._error
         return status
 
+    async def announce(self, key: str) -> None:
+        await self._guard(self._cache.client.publish(NEWS_CHANNEL, f"{self._sender} {key}"))
+
+    async def watch(self, on_news: Callable[[str], None]) -> None:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._probe())
+            group.create_task(self._listen(on_news))
+
+    async def _probe(self) -> None:
+        while True:
+            await self._guard(self._cache.client.ping())
+            await asyncio.sleep(PROBE_EVERY)
+
+    async def _listen(self, on_news: Callable[[str], None]) -> None:
+        """Other processes' news, subscribing again after every outage (news sent meanwhile is lost)."""
+        while True:
+            pubsub = self._cache.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(NEWS_CHANNEL)
+                while True:
+                    message = await pubsub.get_message(timeout=PROBE_EVERY)
+                    if message is not None:
+                        sender, _, key = _text(message.get("data")).partition(" ")
+                        if sender != self._sender and key:
+                            on_news(key)
+            except (redis.exceptions.RedisError, OSError, TimeoutError):
+                await asyncio.sleep(PROBE_EVERY / 2)  # the probe logs the outage
+            finally:
+                with contextlib.suppress(redis.exceptions.RedisError, OSError, TimeoutError):
+                    await pubsub.aclose()
+
     async def close(self) -> None:
         # aiocache 0.12.3's close() calls redis-py's deprecated close(); aclose() is the current name.
         await self._cache.client.aclose()
@@ -196,17 +269,34 @@ class RedisCache:
     async def _guard(self, operation: Any) -> Any:
         """Run one Redis operation; on an outage, log it once and answer None."""
         try:
-            result = await operation
+            async with self._operations:
+                result = await operation
         except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
-            if self._error is None:
-                log.warning("cache %s unreachable (%s): serving from memory, refreshing without the fleet",
-                            self._where, type(exc).__name__)  # fmt: skip
-            self._error = type(exc).__name__
+            kind, problem = self._problem(exc)
+            if self._error_kind != kind:
+                log.warning("cache %s %s: serving from memory, refreshing without the fleet", self._where, problem)
+            self._error, self._error_kind = problem, kind
             return None
         if self._error is not None:
             log.warning("cache %s reachable again: sharing credentials with the fleet", self._where)
-            self._error = None
+            self._error = self._error_kind = None
         return result
+
+    def _problem(self, exc: BaseException) -> tuple[str, str]:
+        """The kind of a failure, and what an operator should read about it (never the password)."""
+        if isinstance(exc, redis.exceptions.AuthenticationError) and "NOAUTH" in str(exc):
+            return "auth", "requires a password: set JSSDK_REDIS_PASSWORD (or put it in JSSDK_CACHE_URL)"
+        if isinstance(exc, redis.exceptions.AuthenticationError):
+            return "auth", "refused the password: check JSSDK_REDIS_PASSWORD (or the password in JSSDK_CACHE_URL)"
+        if isinstance(exc, redis.exceptions.ResponseError) and "DB index" in str(exc):
+            return "db", f"has no database {self._db}: check the number at the end of JSSDK_CACHE_URL"
+        if isinstance(exc, redis.exceptions.ResponseError):
+            return "refused", f"refused an operation ({str(exc)[:120]})"
+        return "unreachable", f"unreachable ({type(exc).__name__})"
+
+
+def _text(data: Any) -> str:
+    return data.decode(errors="replace") if isinstance(data, bytes) else str(data)
 
 
 def _decode(text: str) -> dict[str, Any]:

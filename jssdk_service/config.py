@@ -80,15 +80,24 @@ class Settings:
     access_log: bool = False
     redis_password: Secret | None = None
     lock_lease: float = 75.0
+    upstream_concurrency: int = 16
+    request_wait: float = 5.0
+    drain_seconds: float = 5.0
+    keepalive_timeout: float = 75.0
+    metrics_dir: str | None = None
+    _by_key: dict[str, Account] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Names first, then appIds: a key is looked up in one step whatever the number of accounts.
+        index = {account.app_id: account for account in self.accounts}
+        index.update({account.name: account for account in self.accounts})
+        object.__setattr__(self, "_by_key", index)
 
     def account(self, key: str | None) -> Account | None:
         """The account named `key` (its name or appId), or the only one when `key` is empty."""
         if not key:
             return self.accounts[0] if len(self.accounts) == 1 else None
-        for account in self.accounts:
-            if key in (account.name, account.app_id):
-                return account
-        return None
+        return self._by_key.get(key)
 
 
 def load_settings(env: Mapping[str, str], config_path: str | None = None) -> Settings:
@@ -127,6 +136,17 @@ def load_settings(env: Mapping[str, str], config_path: str | None = None) -> Set
         access_log=_flag(pick("JSSDK_ACCESS_LOG", "access_log") or False, "JSSDK_ACCESS_LOG"),
         redis_password=Secret(env["JSSDK_REDIS_PASSWORD"]) if env.get("JSSDK_REDIS_PASSWORD") else None,
         lock_lease=_seconds(pick("JSSDK_LOCK_LEASE", "lock_lease") or 75.0, "JSSDK_LOCK_LEASE"),
+        upstream_concurrency=_count(
+            pick("JSSDK_UPSTREAM_CONCURRENCY", "upstream_concurrency") or 16, "JSSDK_UPSTREAM_CONCURRENCY", 1024
+        ),
+        request_wait=_seconds(pick("JSSDK_REQUEST_WAIT", "request_wait") or 5.0, "JSSDK_REQUEST_WAIT"),
+        drain_seconds=_seconds(
+            pick("JSSDK_DRAIN_SECONDS", "drain_seconds") or 5.0, "JSSDK_DRAIN_SECONDS", allow_zero=True
+        ),
+        keepalive_timeout=_seconds(
+            pick("JSSDK_KEEPALIVE_TIMEOUT", "keepalive_timeout") or 75.0, "JSSDK_KEEPALIVE_TIMEOUT"
+        ),
+        metrics_dir=str(pick("JSSDK_METRICS_DIR", "metrics_dir") or "") or None,
     )
 
 
@@ -339,14 +359,23 @@ def _log_level(value: Any) -> str:
     return level
 
 
-def _seconds(value: Any, field_name: str) -> float:
+def _seconds(value: Any, field_name: str, *, allow_zero: bool = False) -> float:
     try:
         seconds = float(value)
     except (TypeError, ValueError):
         seconds = -1.0
-    if not 0 < seconds <= 3600:
-        raise ConfigError(field_name, f"has value {value!r}; expected seconds between 0 and 3600")
+    above_zero = seconds >= 0 if allow_zero else seconds > 0
+    if not (above_zero and seconds <= 3600):
+        lowest = "from 0" if allow_zero else "between 0"
+        raise ConfigError(field_name, f"has value {value!r}; expected seconds {lowest} and 3600")
     return seconds
+
+
+def _count(value: Any, field_name: str, upper: int) -> int:
+    text = str(value)
+    if not text.isdigit() or not 0 < int(text) <= upper:
+        raise ConfigError(field_name, f"has value {text!r}; expected a whole number from 1 to {upper}")
+    return int(text)
 
 
 def parse_port(value: Any, field_name: str) -> int:

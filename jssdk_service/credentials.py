@@ -6,6 +6,13 @@ token and ticket. A background task refreshes the ticket ahead of expiry; a requ
 nothing usable starts the same refresh lazily. Either way one refresh runs at a time per account
 (single-flight): however many requests arrive at a cold cache, one token call and one ticket call
 go upstream. A failed refresh keeps serving the ticket it has while that is still valid.
+
+Built for N accounts: each refresh waits for its turn at the process's upstream scheduler (and a
+request waiting on an account hurries that account's turn); a request waits at most
+`request_wait` seconds, then gets `UpstreamUnavailable` with a retry time; refresh times are drawn
+at random inside a window (`tokens.py`); failure backoffs carry jitter. With a shared cache that
+carries news (Redis pub/sub), every credential this process obtains is announced, and news of
+another process's credential is adopted from the cache at once: the message names the key only.
 """
 
 from __future__ import annotations
@@ -13,10 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import secrets
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -30,7 +38,8 @@ from jssdk_service.errors import (
     UpstreamRejected,
     UpstreamUnavailable,
 )
-from jssdk_service.tokens import AccessToken, JsapiTicket
+from jssdk_service.scheduler import Turn, UpstreamScheduler
+from jssdk_service.tokens import AccessToken, JsapiTicket, Position, Spread
 from jssdk_service.wechat import WeChatClient
 
 log = logging.getLogger("jssdk_service.credentials")
@@ -43,6 +52,10 @@ RECENT_TICKETS = 5
 LOCK_LEASE = 75.0
 # How often a process waiting on another's refresh looks for its result.
 LOCK_POLL = 0.05
+# How long a request may wait for a refresh before it is answered 503 with Retry-After.
+REQUEST_WAIT = 5.0
+# Background refreshers started per turn of the event loop at start-up.
+START_BATCH = 200
 # Published daily quotas per API (WECHAT.md §1); getticket's is not published.
 KNOWN_DAILY_QUOTAS = {"token": 2000, "stable_token": 500_000}
 QUOTA_WARNING = 0.8
@@ -52,6 +65,8 @@ REJECTED_RETRY = (30.0, 900.0)
 UNAVAILABLE_RETRY = (1.0, 30.0)
 # WeChat's daily quotas reset at midnight China Standard Time.
 _CHINA_UTC_OFFSET = 8 * 3600
+# Accounts whose daily quota is spent resume over this many seconds after midnight, not all at once.
+RESUME_SPREAD = 60.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,14 +99,21 @@ class AccountCredentials:
         *,
         clock: Callable[[], float] = time.time,
         lock_lease: float = LOCK_LEASE,
+        request_wait: float = REQUEST_WAIT,
         usage: UpstreamUsage | None = None,
+        rng: random.Random | None = None,
+        spread: Position | None = None,
     ) -> None:
         self.account = account
         self._lock_lease = lock_lease
+        self._request_wait = request_wait
         self._usage = usage
         self._client = client
+        self._scheduler: UpstreamScheduler = client.scheduler
         self._cache = cache
         self._clock = clock
+        self._random = rng or random.Random()
+        self._spread = spread or Spread(self._random)
         self._ticket: JsapiTicket | None = None
         # The last few tickets, newest first, for diagnosing signatures made with an earlier one.
         self.recent_tickets: deque[JsapiTicket] = deque(maxlen=RECENT_TICKETS)
@@ -99,6 +121,9 @@ class AccountCredentials:
         self._usable_until = self._refresh_at = 0.0
         self._token: AccessToken | None = None
         self._flight: asyncio.Task[JsapiTicket] | None = None
+        self._turn: Turn | None = None
+        self._news: set[str] = set()
+        self._adopting: asyncio.Task[None] | None = None
         self._last_refresh: float | None = None
         self._error: UpstreamError | None = None
         self._blocked_until = 0.0
@@ -119,11 +144,25 @@ class AccountCredentials:
         return self._ticket
 
     async def ticket(self) -> JsapiTicket:
-        """A ticket that may sign now, waiting for the (single) refresh if there is none."""
+        """A ticket that may sign now, waiting (at most `request_wait`, ahead of background refreshes)
+        for the single refresh if there is none."""
         ticket = self.usable_ticket(self._clock())
         if ticket is not None:
             return ticket
-        return await self.refresh()
+        flight = self._flight
+        if flight is None:
+            self._raise_while_blocked()
+            flight = self._start_refresh()
+        if self._turn is not None:
+            self._scheduler.hurry(self._turn)
+        try:
+            return await asyncio.wait_for(asyncio.shield(flight), self._request_wait)
+        except TimeoutError:
+            raise UpstreamUnavailable(
+                f"no jsapi_ticket yet: its refresh is still running after {self._request_wait:g}s",
+                app_id=self.account.app_id,
+                retry_after=self._request_wait,
+            ) from None
 
     async def refresh(self, *, force: bool = False, new_token: bool = False) -> JsapiTicket:
         """Join the running refresh or start one; raise the upstream error when it fails.
@@ -138,25 +177,34 @@ class AccountCredentials:
             return await asyncio.shield(self._start_refresh(force=True, new_token=new_token))
         flight = self._flight
         if flight is None:
-            if self._clock() < self._blocked_until and self._error is not None:
-                raise self._error
+            self._raise_while_blocked()
             flight = self._start_refresh()
         return await asyncio.shield(flight)
 
+    def _raise_while_blocked(self) -> None:
+        """Raise the last error while the retry schedule holds new attempts back."""
+        now = self._clock()
+        if now < self._blocked_until and self._error is not None:
+            self._error.retry_after = self._blocked_until - now
+            raise self._error
+
     def _start_refresh(self, *, force: bool = False, new_token: bool = False) -> asyncio.Task[JsapiTicket]:
-        flight = asyncio.get_running_loop().create_task(self._refresh_ticket(force, new_token))
+        self._turn = turn = self._scheduler.turn()
+        flight = asyncio.get_running_loop().create_task(self._refresh_ticket(turn, force, new_token))
         self._flight = flight
         flight.add_done_callback(self._landed)
         return flight
 
     def _landed(self, flight: asyncio.Task[JsapiTicket]) -> None:
-        self._flight = None
+        if self._flight is flight:
+            self._flight = self._turn = None
         if not flight.cancelled():
             flight.exception()  # the error is kept in self._error; this only marks it retrieved
 
-    async def _refresh_ticket(self, force: bool, new_token: bool) -> JsapiTicket:
+    async def _refresh_ticket(self, turn: Turn, force: bool, new_token: bool) -> JsapiTicket:
+        cold = self._ticket is None or not self._ticket.usable(self._clock())
         try:
-            ticket = await self._shared_or_new_ticket(force, new_token)
+            ticket = await self._shared_or_new_ticket(turn, force, new_token, cold)
         except UpstreamError as exc:
             self._record_failure(exc)
             raise
@@ -170,37 +218,73 @@ class AccountCredentials:
         finally:
             if self._usage is not None:
                 await self._usage.flush(self._cache)
+        self._hold(ticket)
+        self._recovered("")
+        return ticket
+
+    def _hold(self, ticket: JsapiTicket) -> None:
+        """Sign with `ticket` from now on."""
         if ticket != self._ticket:
             self.recent_tickets.appendleft(ticket)
         self._ticket = ticket
         self._usable_until, self._refresh_at = ticket.usable_until, ticket.refresh_at
         self._last_refresh = self._clock()
-        if self._error is not None:
-            log.info("app=%s credentials recovered", self.account.name)
-        self._error, self._failures, self._blocked_until = None, 0, 0.0
-        return ticket
 
-    async def _shared_or_new_ticket(self, force: bool, new_token: bool) -> JsapiTicket:
-        """The fleet's ticket if another process already renewed it, else a new one, under the lock."""
+    def _recovered(self, how: str) -> None:
+        if self._error is not None:
+            log.info("app=%s credentials recovered%s", self.account.name, how)
+        self._error, self._failures, self._blocked_until = None, 0, 0.0
+
+    async def _shared_or_new_ticket(self, turn: Turn, force: bool, new_token: bool, cold: bool) -> JsapiTicket:
+        """The fleet's ticket if another process already renewed it, else a new one, under the lock.
+
+        The lock is taken once this refresh holds an upstream slot, so its lease covers the calls
+        and never a wait in line.
+        """
         shared = None if force else await self._shared_ticket()
         if shared is not None:
             return shared
-        owner = secrets.token_hex(8)
-        while not await self._cache.acquire(self._lock_key, owner, self._lock_lease):
-            # Another process is refreshing: wait for its ticket. The lease bounds the wait when
-            # that process has died; meanwhile requests keep signing with the ticket in memory.
-            await asyncio.sleep(LOCK_POLL)
-            shared = None if force else await self._shared_ticket()
-            if shared is not None:
-                return shared
-        try:
-            return (None if force else await self._shared_ticket()) or await self._new_ticket(new_token)
-        finally:
-            await self._cache.release(self._lock_key, owner)
+        async with self._scheduler.slot(turn):
+            owner = secrets.token_hex(8)
+            while not await self._cache.acquire(self._lock_key, owner, self._lock_lease):
+                # Another process is refreshing: wait for its ticket. The lease bounds the wait when
+                # that process has died; meanwhile requests keep signing with the ticket in memory.
+                await asyncio.sleep(LOCK_POLL)
+                shared = None if force else await self._shared_ticket()
+                if shared is not None:
+                    return shared
+            try:
+                shared = None if force else await self._shared_ticket()
+                return shared or await self._new_ticket(turn, new_token, cold)
+            finally:
+                await self._cache.release(self._lock_key, owner)
 
     async def _shared_ticket(self) -> JsapiTicket | None:
         shared = await self._read_shared(self._ticket_key, JsapiTicket)
         return shared if shared is not None and shared.fresh(self._clock()) and shared != self._ticket else None
+
+    def on_news(self, kind: str) -> None:
+        """Another process stored a new `kind` ("ticket" or "token") of this account in the shared cache."""
+        self._news.add(kind)
+        if self._adopting is None or self._adopting.done():
+            self._adopting = asyncio.get_running_loop().create_task(self._adopt_news())
+
+    async def _adopt_news(self) -> None:
+        """Take what the news names from the shared cache, unless a refresh here is about to land its own."""
+        while self._news:
+            kind = self._news.pop()
+            if kind == "token":
+                token = await self._read_shared(self._token_key, AccessToken)
+                if token is not None and token.usable(self._clock()):
+                    self._token = token
+                continue
+            ticket = await self._read_shared(self._ticket_key, JsapiTicket)
+            current = self._ticket
+            if ticket is None or not ticket.usable(self._clock()) or self._flight is not None:
+                continue
+            if current is None or (ticket != current and ticket.obtained_at >= current.obtained_at):
+                self._hold(ticket)
+                self._recovered(" (from the fleet)")
 
     async def _read_shared(self, key: str, kind: type[C]) -> C | None:
         """The credential at `key` in the shared cache; a record this version cannot read counts as none."""
@@ -213,28 +297,30 @@ class AccountCredentials:
             log.warning("app=%s unreadable %s record in the shared cache; fetching anew", self.account.name, key)
             return None
 
-    async def _new_ticket(self, new_token: bool) -> JsapiTicket:
-        token = await self._fresh_token(new=new_token)
+    async def _new_ticket(self, turn: Turn, new_token: bool, cold: bool) -> JsapiTicket:
+        token = await self._fresh_token(turn, new=new_token)
         try:
-            ticket = await self._client.fetch_ticket(app_id=self.account.app_id, token=token)
+            ticket = await self._client.fetch_ticket(app_id=self.account.app_id, token=token, turn=turn)
         except TokenInvalid as exc:
             # The token died upstream (knocked out, or expired early): replace it and retry once.
             log.warning("app=%s token %s refused by getticket (errcode %s); fetching a new one",
                         self.account.name, token.fingerprint, exc.errcode)  # fmt: skip
             await self._drop_token(token)
-            token = await self._fresh_token()
+            token = await self._fresh_token(turn)
             try:
-                ticket = await self._client.fetch_ticket(app_id=self.account.app_id, token=token)
+                ticket = await self._client.fetch_ticket(app_id=self.account.app_id, token=token, turn=turn)
             except TokenInvalid as again:
                 raise UpstreamUnavailable(
                     f"a new access_token was refused too (errcode {again.errcode})", app_id=self.account.app_id
                 ) from None
+        ticket = ticket.scheduled(self._spread(), cold=cold)
         await self._cache.set(self._ticket_key, ticket.to_record(), ticket.expires_at - self._clock())
+        await self._cache.announce(self._ticket_key)
         log.info("app=%s jsapi_ticket %s refreshed, expires_in=%ds",
                  self.account.name, ticket.fingerprint, ticket.expires_in)  # fmt: skip
         return ticket
 
-    async def _fresh_token(self, *, new: bool = False) -> AccessToken:
+    async def _fresh_token(self, turn: Turn, *, new: bool = False) -> AccessToken:
         """The fleet's token when fresh, else (or when `new`) a new one; the caller holds the refresh lock.
 
         The shared copy is read every time: another process may have replaced the token, and a
@@ -250,9 +336,10 @@ class AccountCredentials:
         account = self.account
         # force_refresh matters to stable_token only: every classic call issues a new token anyway.
         token = await self._client.fetch_token(
-            app_id=account.app_id, secret=account.secret.reveal(), api=account.token_api, force_refresh=new
+            app_id=account.app_id, secret=account.secret.reveal(), api=account.token_api, force_refresh=new, turn=turn
         )
         await self._cache.set(self._token_key, token.to_record(), token.expires_at - self._clock())
+        await self._cache.announce(self._token_key)
         self._token = token
         log.info("app=%s access_token %s refreshed (%s), expires_in=%ds",
                  account.name, token.fingerprint, account.token_api, token.expires_in)  # fmt: skip
@@ -273,14 +360,17 @@ class AccountCredentials:
         first = self._error is None or type(self._error) is not type(exc) or str(self._error) != str(exc)
         self._error = exc
         self._failures += 1
+        # Jitter everywhere: N accounts failing together must not come back together.
+        jitter = self._random.uniform
         if isinstance(exc, QuotaExhausted):
-            self._blocked_until = _next_china_midnight(now)
+            self._blocked_until = _next_china_midnight(now) + jitter(0, RESUME_SPREAD)
         elif isinstance(exc, RateLimited):
-            self._blocked_until = (now // 60 + 1) * 60
+            self._blocked_until = jitter((now // 60 + 1) * 60, now + 60)  # some time in the next minute
         elif isinstance(exc, UpstreamRejected):
-            self._blocked_until = now + _backoff(REJECTED_RETRY, self._failures)
+            self._blocked_until = now + _backoff(REJECTED_RETRY, self._failures) * jitter(0.75, 1.0)
         else:
-            self._blocked_until = now + _backoff(UNAVAILABLE_RETRY, self._failures)
+            self._blocked_until = now + _backoff(UNAVAILABLE_RETRY, self._failures) * jitter(0.5, 1.0)
+        exc.retry_after = self._blocked_until - now
         if first:
             ticket = self._ticket
             serving = "still serving the current ticket" if ticket and ticket.usable(now) else "nothing valid to serve"
@@ -310,6 +400,20 @@ class AccountCredentials:
                     await self.refresh()
             await asyncio.sleep(self.next_refresh_delay())
 
+    def ready(self, now: float) -> bool:
+        """True while the ticket in memory may sign."""
+        return now < self._usable_until
+
+    def ttls(self, now: float) -> tuple[float | None, float | None]:
+        """Seconds until the ticket and the token held here expire (None: none held)."""
+        ticket, token = self._ticket, self._token
+        return (None if ticket is None else round(ticket.expires_at - now, 1),
+                None if token is None else round(token.expires_at - now, 1))  # fmt: skip
+
+    def running_tasks(self) -> list[asyncio.Task[Any]]:
+        """The refresh and the adoption of news running now, if any (for a clean stop)."""
+        return [task for task in (self._flight, self._adopting) if task is not None and not task.done()]
+
     def status(self) -> AccountStatus:
         now = self._clock()
         ticket, token, error = self._ticket, self._token, self._error
@@ -337,6 +441,15 @@ class AccountCredentials:
         )
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Readiness:
+    """How many accounts may sign now, and (up to a limit) which may not."""
+
+    ready: int
+    total: int
+    unready: tuple[AccountCredentials, ...]
+
+
 class CredentialStore:
     """Every account's credentials, and their background refreshers."""
 
@@ -348,29 +461,84 @@ class CredentialStore:
         *,
         clock: Callable[[], float] = time.time,
         lock_lease: float = LOCK_LEASE,
+        request_wait: float = REQUEST_WAIT,
         usage: UpstreamUsage | None = None,
     ) -> None:
+        rng = random.Random()
+        spread = Spread(rng)  # one for all accounts: their refreshes come out evenly spaced
         self._by_app_id = {
-            a.app_id: AccountCredentials(a, client, cache, clock=clock, lock_lease=lock_lease, usage=usage)
+            a.app_id: AccountCredentials(
+                a,
+                client,
+                cache,
+                clock=clock,
+                lock_lease=lock_lease,
+                request_wait=request_wait,
+                usage=usage,
+                rng=rng,
+                spread=spread,
+            )
             for a in accounts
         }
-        self._tasks: list[asyncio.Task[Any]] = []
+        self._clock = clock
+        self._random = rng
+        self._starter: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     def __getitem__(self, app_id: str) -> AccountCredentials:
         return self._by_app_id[app_id]
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[AccountCredentials]:
         return iter(self._by_app_id.values())
 
+    def __len__(self) -> int:
+        return len(self._by_app_id)
+
     def start(self) -> None:
+        """One background refresher per account, started a batch per turn of the event loop (so that
+        the listener and the first requests are served meanwhile), in random order (so that the
+        processes of a fleet starting together work on different accounts first)."""
+        self._starter = asyncio.get_running_loop().create_task(self._start_refreshers())
+
+    async def _start_refreshers(self) -> None:
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(creds.keep_fresh()) for creds in self._by_app_id.values()]
+        order = list(self._by_app_id.values())
+        self._random.shuffle(order)
+        for number, creds in enumerate(order, 1):
+            self._tasks.append(loop.create_task(creds.keep_fresh()))
+            if number % START_BATCH == 0:
+                await asyncio.sleep(0)
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        """Cancel the refreshers and every refresh in flight, and wait until they have ended."""
+        starter: list[asyncio.Task[Any]] = [] if self._starter is None else [self._starter]
+        for task in starter:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*starter, return_exceptions=True)
+        running: list[asyncio.Task[Any]] = [*self._tasks, *(t for creds in self for t in creds.running_tasks())]
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
         self._tasks = []
+
+    def on_news(self, key: str) -> None:
+        """Another process stored a credential at cache `key` ("<app_id>:ticket" or "<app_id>:token:<api>")."""
+        app_id, _, rest = key.partition(":")
+        creds = self._by_app_id.get(app_id)
+        if creds is not None:
+            creds.on_news(rest.partition(":")[0])
+
+    def readiness(self, *, limit: int) -> Readiness:
+        """Ready and total counts, and the first `limit` accounts that may not sign now."""
+        now = self._clock()
+        unready: list[AccountCredentials] = []
+        ready = 0
+        for creds in self._by_app_id.values():
+            if creds.ready(now):
+                ready += 1
+            elif len(unready) < limit:
+                unready.append(creds)
+        return Readiness(ready=ready, total=len(self._by_app_id), unready=tuple(unready))
 
 
 class UpstreamUsage:

@@ -11,11 +11,16 @@ a port, a trailing slash, the scheme). Which combination matches names the cause
     ios_landing_url        signed the landing URL where the current one is verified, or the reverse
     fragment_in_url, url_encoded, url_decoded, port_in_url, trailing_slash, scheme_mismatch
                            signed a variant of the page URL instead of the URL itself
-    app_id_mismatch        wx.config got an appId other than the one whose ticket signed
+    app_id_mismatch        wx.config got an appId other than the one whose ticket signed, or an unknown one
     host_not_allowed       the page's host is not a JS secure domain of the account
     offline_verifying, invalid_url_domain, permission_denied
                            what WeChat's errMsg means, in plain words
-    signature_not_checked  nothing to re-compute with (no ticket yet, or fields missing)
+    signature_not_checked  nothing to re-compute with: fields missing, no ticket yet, or (several accounts
+                           configured) no appId to say whose tickets to use
+
+A diagnosis costs the same however many accounts are configured: it re-computes with the tickets of
+the one account the page meant and, only when they made nothing, of a few other accounts signing for
+the page's host (`MAX_OTHERS`); its messages name a few accounts and domains at most.
 
 Findings never carry a ticket, and of the URLs they name only hosts: a stored report's findings
 may be shown to whoever asks about the same page.
@@ -57,6 +62,10 @@ _PORT = re.compile(r"(.*?)(?::([0-9]+))?", re.DOTALL)
 _DEFAULT_PORT = {"http": 80, "https": 443}
 # What encodeURIComponent leaves alone besides letters and digits (quote() always keeps _.-~).
 _URI_COMPONENT_SAFE = "!*'()"
+# How many other accounts signing for the page's host a diagnosis may re-compute with.
+MAX_OTHERS = 4
+# How many accounts, or domains, a message lists.
+_LISTED = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,23 +150,39 @@ def is_ios_wechat(user_agent: str) -> bool:
     return "micromessenger" in user_agent.lower() and any(d in user_agent for d in ("iPhone", "iPad", "iPod"))
 
 
-def diagnose(evidence: Evidence, accounts: Sequence[AccountTickets], *, now: float) -> list[Finding]:
-    """Every finding about `evidence`, the worst first; `accounts` are all the configured ones."""
+def diagnose(
+    evidence: Evidence,
+    account: AccountTickets | None,
+    *,
+    others: Sequence[AccountTickets] = (),
+    configured: Sequence[Account] = (),
+    now: float,
+) -> list[Finding]:
+    """Every finding about `evidence`, the worst first.
+
+    `account` is the account the page meant (the one its appId names, the only one configured, or
+    the only one signing for its host), None when that is unknown; `others` are a few (`MAX_OTHERS`)
+    other accounts signing for the page's host, whose tickets are tried when `account`'s made
+    nothing (a signature from another account's answer); `configured` are all the accounts, of which
+    messages name a few.
+    """
     findings: list[Finding] = []
     url, times = _decode_whole(evidence.url)
     if times:
         findings.append(Finding("url_encoded", "warning", _SENT_ENCODED.format(times=_times(times))))
     page = parse_page_url(url)
     landing = _landing(evidence.landing_url)
-    primary = _choose_account(evidence, page, accounts)
-    signature = _signature_findings(evidence, url, page, landing, primary, accounts, now)
-    if evidence.app_id is not None and primary is None and all(f.code != "app_id_mismatch" for f in signature):
-        known = ", ".join(_name(e.account) for e in accounts)
-        message = f"wx.config was given appId {evidence.app_id!r}; this service signs for {known} only. {_SAME_ANSWER}"
+    others = others[:MAX_OTHERS]
+    signature = _signature_findings(evidence, url, page, landing, account, others, now)
+    if evidence.app_id is not None and account is None and all(f.code != "app_id_mismatch" for f in signature):
+        message = (
+            f"wx.config was given appId {evidence.app_id!r}; this service signs for {_some_accounts(configured)} "
+            f"only. {_SAME_ANSWER}"
+        )
         findings.append(Finding("app_id_mismatch", "error", message))
-    findings += _url_findings(page, primary, accounts)
+    findings += _url_findings(page, account, others, configured)
     findings += signature
-    findings += _err_msg_findings(evidence.err_msg, page, primary, accounts)
+    findings += _err_msg_findings(evidence.err_msg, page, account, others)
     findings.sort(key=lambda f: _WORST_FIRST[f.severity])
     return findings
 
@@ -196,22 +221,17 @@ def _landing(value: str | None) -> str | None:
     return raw
 
 
-def _choose_account(evidence: Evidence, page: PageURL, accounts: Sequence[AccountTickets]) -> AccountTickets | None:
-    """The account the page meant: by appId, else the only one, else the only one signing for its host."""
-    if evidence.app_id is not None:
-        return next((e for e in accounts if evidence.app_id in (e.account.app_id, e.account.name)), None)
-    if len(accounts) == 1:
-        return accounts[0]
-    covering = [e for e in accounts if host_allowed(page.host, e.account.allowed_hosts)]
-    return covering[0] if len(covering) == 1 else None
-
-
-def _url_findings(page: PageURL, primary: AccountTickets | None, accounts: Sequence[AccountTickets]) -> list[Finding]:
+def _url_findings(
+    page: PageURL, account: AccountTickets | None, others: Sequence[AccountTickets], configured: Sequence[Account]
+) -> list[Finding]:
     findings = []
-    entries = [primary] if primary is not None else list(accounts)
-    if not any(host_allowed(page.host, e.account.allowed_hosts) for e in entries):
-        whose = _name(primary.account) if primary is not None else "any account of this service"
-        domains = ", ".join(sorted({d for e in entries for d in e.account.allowed_hosts}))
+    # With no account, `others` are the accounts signing for this host: none means no account does.
+    allowed = host_allowed(page.host, account.account.allowed_hosts) if account is not None else bool(others)
+    if not allowed:
+        if account is not None:
+            whose, domains = _name(account.account), ", ".join(sorted(account.account.allowed_hosts))
+        else:
+            whose, domains = "any account of this service", _some_domains(configured)
         message = (
             f"{page.host} is not a JS secure domain of {whose} (those are: {domains}). The service refuses to "
             "sign it and WeChat answers 'invalid url domain': add the domain to the official account's JS secure "
@@ -257,8 +277,8 @@ def _signature_findings(
     url: str,
     page: PageURL,
     landing: str | None,
-    primary: AccountTickets | None,
-    accounts: Sequence[AccountTickets],
+    account: AccountTickets | None,
+    others: Sequence[AccountTickets],
     now: float,
 ) -> list[Finding]:
     signature, nonce, timestamp = evidence.signature, evidence.nonce, evidence.timestamp
@@ -266,15 +286,19 @@ def _signature_findings(
         if (signature, nonce, timestamp) != (None, None, None) or "invalid signature" in (evidence.err_msg or ""):
             return [Finding("signature_not_checked", "info", _FIELDS_MISSING)]
         return []
-    entries = [primary] if primary is not None else []
-    entries += [e for e in accounts if e is not primary]
-    if not any(e.tickets for e in entries):
-        return [Finding("signature_not_checked", "info", _NO_TICKET)]
+    if account is None and evidence.app_id is None:
+        # Several accounts, none of them named: re-computing with every one of them is what this avoids.
+        return [Finding("signature_not_checked", "info", _APP_ID_NEEDED)]
+    entries = [account, *others] if account is not None else list(others)
     match = _find(entries, _candidates(url, page, landing), signature, nonce, timestamp)
-    if match is None:
-        return [_no_match(primary, entries, timestamp, now)]
-    landing_differs = landing is not None and strip_fragment(landing) != page.raw
-    return _explain(match, evidence, primary, landing_differs, now)
+    if match is not None:
+        landing_differs = landing is not None and strip_fragment(landing) != page.raw
+        return _explain(match, evidence, account, landing_differs, now)
+    if account is None:
+        return []  # an unknown appId: app_id_mismatch says so
+    if not account.tickets:
+        return [Finding("signature_not_checked", "info", _NO_TICKET)]
+    return [_no_match(account, timestamp, now)]
 
 
 _FIELDS_MISSING = (
@@ -284,6 +308,10 @@ _FIELDS_MISSING = (
 _NO_TICKET = (
     "the service holds no jsapi_ticket yet (WeChat has not handed one out since it started), so there is nothing "
     "to re-compute the signature with; /readyz says why."
+)
+_APP_ID_NEEDED = (
+    "this service signs for several accounts and the question names none of them: send appId, the one passed to "
+    "wx.config, so that the doctor re-computes the signature with that account's tickets."
 )
 
 
@@ -351,13 +379,13 @@ def _sign_exact(ticket: str, nonce: str, timestamp: int, url: str) -> str:
 
 
 def _explain(
-    match: _Match, evidence: Evidence, primary: AccountTickets | None, landing_differs: bool, now: float
+    match: _Match, evidence: Evidence, account: AccountTickets | None, landing_differs: bool, now: float
 ) -> list[Finding]:
     """What a match says: each reason the signature fails, whether the right URL was signed, or that it is valid."""
     signer, candidate = match.entry, match.candidate
     which = "the page URL" if candidate.base == "page" else "the landing URL"
     failures: list[Finding] = []
-    if evidence.app_id is not None and signer is not primary:
+    if evidence.app_id is not None and signer is not account:
         message = (
             f"the signature was made with the ticket of {_name(signer.account)}, but wx.config was given appId "
             f"{evidence.app_id!r}. {_SAME_ANSWER}"
@@ -464,12 +492,12 @@ _CACHED_CONFIG = (
 )
 
 
-def _no_match(primary: AccountTickets | None, entries: Sequence[AccountTickets], timestamp: int, now: float) -> Finding:
-    kept = list(primary.tickets) if primary is not None else [t for e in entries for t in e.tickets]
-    whose = _name(primary.account) if primary is not None else "any account of this service"
+def _no_match(account: AccountTickets, timestamp: int, now: float) -> Finding:
+    kept = list(account.tickets)
+    whose = _name(account.account)
     oldest = min((t.obtained_at for t in kept), default=now)
     # A minute's slack: a timestamp is a whole second, and hosts' clocks differ a little.
-    if kept and timestamp < oldest - 60:
+    if timestamp < oldest - 60:
         message = (
             f"the signature matches none of the tickets kept for {whose}, and its timestamp is "
             f"{_duration(now - timestamp)} old, older than the oldest of them (obtained {_duration(now - oldest)} "
@@ -490,15 +518,15 @@ def _no_match(primary: AccountTickets | None, entries: Sequence[AccountTickets],
 
 
 def _err_msg_findings(
-    err_msg: str | None, page: PageURL, primary: AccountTickets | None, accounts: Sequence[AccountTickets]
+    err_msg: str | None, page: PageURL, account: AccountTickets | None, others: Sequence[AccountTickets]
 ) -> list[Finding]:
     text = (err_msg or "").lower()
     findings = []
     if "the permission value is offline verifying" in text:
         findings.append(Finding("offline_verifying", "error", _OFFLINE_VERIFYING))
     if "invalid url domain" in text:
-        entries = [primary] if primary is not None else list(accounts)
-        if any(host_allowed(page.host, e.account.allowed_hosts) for e in entries):
+        signed = host_allowed(page.host, account.account.allowed_hosts) if account is not None else bool(others)
+        if signed:
             cause = "this service signs for it, so the official account's own list lacks it (or the appId is another's)"
         else:
             cause = "this service does not sign for it either"
@@ -529,6 +557,19 @@ _PERMISSION_DENIED = (
 
 def _name(account: Account) -> str:
     return account.app_id if account.name == account.app_id else f"{account.name} ({account.app_id})"
+
+
+def _some_accounts(accounts: Sequence[Account]) -> str:
+    """The accounts, named; past `_LISTED` of them, how many and the first few."""
+    names = ", ".join(_name(a) for a in accounts[:_LISTED])
+    return names if len(accounts) <= _LISTED else f"{len(accounts)} accounts ({names}, ...)"
+
+
+def _some_domains(accounts: Sequence[Account]) -> str:
+    """The JS secure domains of the first few accounts, sorted; '...' when there may be more."""
+    domains = sorted({d for account in accounts[:_LISTED] for d in account.allowed_hosts})
+    more = len(accounts) > _LISTED or len(domains) > _LISTED
+    return ", ".join(domains[:_LISTED]) + (", ..." if more else "")
 
 
 def _times(count: int) -> str:

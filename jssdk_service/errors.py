@@ -67,12 +67,17 @@ class UnknownApp(RequestError):
 
 
 class UpstreamError(JssdkError):
-    """WeChat did not hand out a credential; `app_id` and `api` say which account and call."""
+    """WeChat did not hand out a credential; `app_id` and `api` say which account and call.
 
-    def __init__(self, message: str, *, app_id: str = "", api: str = "") -> None:
+    `retry_after` is the number of seconds after which asking again may succeed, when known: the
+    web layer sends it as `Retry-After`.
+    """
+
+    def __init__(self, message: str, *, app_id: str = "", api: str = "", retry_after: float | None = None) -> None:
         super().__init__(message)
         self.app_id = app_id
         self.api = api
+        self.retry_after = retry_after
 
 
 class UpstreamUnavailable(UpstreamError):

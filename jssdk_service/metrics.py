@@ -3,12 +3,21 @@
     jssdk_upstream_calls_total{app,api,outcome}      every HTTP call to WeChat; outcome is "ok", the
                                                      errcode, "http_<status>" or the exception name
     jssdk_credential_ttl_seconds{app,kind}           seconds until the token / ticket expires
+    jssdk_accounts{state}                            accounts that may sign now ("ready") and not ("unready")
+    jssdk_upstream_in_flight, jssdk_upstream_waiting refreshes holding an upstream slot, and waiting for one
     jssdk_http_requests_total{route,status}          requests answered
     jssdk_http_request_duration_seconds{route}       time from a request's handler start to its response
     jssdk_reports_total{app}                         wx.config failures reported by pages
 
 `app` is the account's name (its appId unless configured); `route` is the registered path, never
 the URL asked for ("unmatched" for everything that matched no route), so label sets stay few.
+
+Per account there are two TTL series and one upstream series per API and outcome seen (two while
+all is well): about four series an account, some 3 MB of text at 10,000 accounts. They are kept
+because they are what an operator alerts on per account (a ticket close to expiry, an account's
+calls failing). What grows with the accounts is built when /metrics is scraped, in a worker thread
+(`exposition`), so a scrape holds the event loop for no more than the interpreter's switch
+interval at a time; nothing per account is kept up to date between scrapes.
 
 The two HTTP metrics are counted on the hot path, so they are plain numbers (`RouteStats`) turned
 into samples only when /metrics is scraped: prometheus_client's locked values cost a warm
@@ -19,29 +28,30 @@ With `serve --workers N` every process serves /metrics: `PROMETHEUS_MULTIPROC_DI
 the workers start (and so before prometheus_client is imported), each process keeps its samples in
 files there (its HTTP numbers in `jssdk_http_<pid>.json`, rewritten every second), and
 `exposition()` adds up every process's, including those of workers that have exited. Credential
-lifetimes are read when /metrics is scraped, from the process that answers (the gauge's
-"mostrecent" mode); NaN means that process holds no such credential (one that took the ticket from
+lifetimes, accounts and upstream slots are read when /metrics is scraped, from the process that
+answers; a TTL of NaN means that process holds no such credential (one that took the ticket from
 the shared cache may never have needed a token).
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import os
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from jssdk_service.config import Account
-from jssdk_service.credentials import AccountStatus
+from jssdk_service.credentials import AccountCredentials
+from jssdk_service.scheduler import UpstreamScheduler
 from jssdk_service.wechat import CallObserver
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
@@ -53,17 +63,9 @@ PUBLISH_EVERY = 1.0
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 REPORTS = Counter("jssdk_reports_total", "wx.config failures reported by pages through /v1/report", ["app"])
-UPSTREAM_CALLS = Counter(
-    "jssdk_upstream_calls_total",
-    "HTTP calls to WeChat by outcome: ok, the errcode, http_<status> or the exception name",
-    ["app", "api", "outcome"],
-)
-CREDENTIAL_TTL = Gauge(
-    "jssdk_credential_ttl_seconds",
-    "Seconds until the access_token or jsapi_ticket held by the answering process expires (NaN: none held)",
-    ["app", "kind"],
-    multiprocess_mode="mostrecent",
-)
+# Calls to WeChat by (app, api, outcome), counted in place like the route stats; prometheus_client
+# would take some 13 us a sample to write them out, which at 10,000 accounts is most of a second.
+_UPSTREAM: dict[tuple[str, str, str], int] = {}
 
 
 class RouteStats:
@@ -82,9 +84,10 @@ class RouteStats:
         self.seconds = 0.0
 
     def to_record(self) -> dict[str, Any]:
+        """A copy, safe to take from another thread: list() of a dict and of a list is one step under the GIL."""
         return {
-            "statuses": {str(k): v for k, v in self.statuses.items()},
-            "buckets": self.buckets,
+            "statuses": {str(k): v for k, v in list(self.statuses.items())},
+            "buckets": list(self.buckets),
             "seconds": self.seconds,
         }
 
@@ -97,6 +100,22 @@ def route_stats(route: str) -> RouteStats:
     return _ROUTES.setdefault(route, RouteStats(route))
 
 
+def _this_process() -> dict[str, Any]:
+    """This process's counts, as published for the other workers (a copy, safe to take from a thread)."""
+    return {
+        "routes": {route: stats.to_record() for route, stats in list(_ROUTES.items())},
+        "upstream": [[*labels, count] for labels, count in list(_UPSTREAM.items())],
+    }
+
+
+def _records(directory: str | None) -> list[dict[str, Any]]:
+    """Every process's counts: this one's, or with workers, the published ones of every worker."""
+    if directory is None:
+        return [_this_process()]
+    publish_http_stats(directory)
+    return [orjson.loads(path.read_bytes()) for path in Path(directory).glob("jssdk_http_*.json")]
+
+
 class _HttpCollector(Collector):
     """`jssdk_http_requests_total` and `jssdk_http_request_duration_seconds` from the route stats."""
 
@@ -104,10 +123,7 @@ class _HttpCollector(Collector):
         self._directory = directory
 
     def collect(self) -> Iterator[Metric]:
-        records = [{route: stats.to_record() for route, stats in _ROUTES.items()}]
-        if self._directory is not None:
-            publish_http_stats(self._directory)
-            records = [orjson.loads(path.read_bytes()) for path in Path(self._directory).glob("jssdk_http_*.json")]
+        records = [record["routes"] for record in _records(self._directory)]
         requests = CounterMetricFamily("jssdk_http_requests", "HTTP requests answered, by route and status",
                                        labels=["route", "status"])  # fmt: skip
         latency = HistogramMetricFamily("jssdk_http_request_duration_seconds",
@@ -144,8 +160,9 @@ REGISTRY.register(_HttpCollector(None))
 def publish_http_stats(directory: str) -> None:
     """Write this process's HTTP numbers where every process's /metrics finds them (atomically)."""
     target = Path(directory) / f"jssdk_http_{os.getpid()}.json"
-    partial = target.with_suffix(".partial")
-    partial.write_bytes(orjson.dumps({route: stats.to_record() for route, stats in _ROUTES.items()}))
+    # The loop's publisher and a scrape's worker thread may both write: each has its own partial file.
+    partial = target.with_suffix(f".{threading.get_ident()}.partial")
+    partial.write_bytes(orjson.dumps(_this_process()))
     partial.replace(target)
 
 
@@ -164,23 +181,78 @@ def upstream_call_counter(accounts: Iterable[Account]) -> CallObserver:
     names = {account.app_id: account.name for account in accounts}
 
     def count(app_id: str, api: str, outcome: str) -> None:
-        UPSTREAM_CALLS.labels(names.get(app_id, app_id), api, outcome).inc()
+        key = (names.get(app_id, app_id), api, outcome)
+        _UPSTREAM[key] = _UPSTREAM.get(key, 0) + 1
 
     return count
 
 
-def record_credential_ttls(statuses: Iterable[AccountStatus]) -> None:
-    """Set `jssdk_credential_ttl_seconds` from the accounts' statuses, as they are now."""
-    for status in statuses:
-        for kind, seconds in (("token", status.token_expires_in), ("ticket", status.ticket_expires_in)):
-            CREDENTIAL_TTL.labels(status.name, kind).set(math.nan if seconds is None else seconds)
+def _label(value: str) -> str:
+    """A label value in the text format: names and outcomes need no escaping, anything else gets it."""
+    if '"' in value or "\\" in value or "\n" in value:
+        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return value
 
 
-def exposition() -> bytes:
-    """Every metric in the Prometheus text format: this process's, or all processes' in multi-process mode."""
+def _per_account_text(records: list[dict[str, Any]], accounts: Sequence[AccountCredentials], now: float) -> bytes:
+    """The series that grow with the accounts, written out directly: upstream calls and credential TTLs."""
+    calls: dict[tuple[str, str, str], int] = {}
+    for record in records:
+        for app, api, outcome, count in record["upstream"]:
+            calls[(app, api, outcome)] = calls.get((app, api, outcome), 0) + count
+    lines = [
+        "# HELP jssdk_upstream_calls_total HTTP calls to WeChat by outcome: ok, the errcode, http_<status> or the "
+        "exception name\n# TYPE jssdk_upstream_calls_total counter\n"
+    ]
+    lines += [
+        f'jssdk_upstream_calls_total{{app="{_label(app)}",api="{api}",outcome="{_label(outcome)}"}} {count}\n'
+        for (app, api, outcome), count in sorted(calls.items())
+    ]
+    lines.append(
+        "# HELP jssdk_credential_ttl_seconds Seconds until the access_token or jsapi_ticket held by the answering "
+        "process expires (NaN: none held)\n# TYPE jssdk_credential_ttl_seconds gauge\n"
+    )
+    for creds in accounts:
+        app = _label(creds.account.name)
+        ticket, token = creds.ttls(now)
+        lines.append(
+            f'jssdk_credential_ttl_seconds{{app="{app}",kind="token"}} {"NaN" if token is None else token}\n'
+            f'jssdk_credential_ttl_seconds{{app="{app}",kind="ticket"}} {"NaN" if ticket is None else ticket}\n'
+        )
+    return "".join(lines).encode()
+
+
+class _StateCollector(Collector):
+    """What this process holds now: each account's credential TTLs, ready counts, upstream slots."""
+
+    def __init__(self, accounts: Sequence[AccountCredentials], scheduler: UpstreamScheduler, now: float) -> None:
+        self._accounts = accounts
+        self._scheduler = scheduler
+        self._now = now
+
+    def collect(self) -> Iterator[Metric]:
+        ready = sum(creds.ready(self._now) for creds in self._accounts)
+        accounts = GaugeMetricFamily("jssdk_accounts", "Accounts that may sign now, and not", labels=["state"])
+        accounts.add_metric(["ready"], ready)
+        accounts.add_metric(["unready"], len(self._accounts) - ready)
+        yield accounts
+        yield GaugeMetricFamily("jssdk_upstream_in_flight", "Refreshes holding an upstream slot in this process",
+                                value=self._scheduler.in_flight)  # fmt: skip
+        yield GaugeMetricFamily("jssdk_upstream_waiting", "Refreshes waiting for an upstream slot in this process",
+                                value=self._scheduler.waiting)  # fmt: skip
+
+
+def exposition(accounts: Sequence[AccountCredentials], scheduler: UpstreamScheduler, now: float) -> bytes:
+    """Every metric in the Prometheus text format: this process's, or all processes' in multi-process mode.
+
+    It takes time in proportion to the accounts: run it in a worker thread, not on the event loop.
+    """
     if MULTIPROCESS_DIR is None:
-        return generate_latest(REGISTRY)
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry, MULTIPROCESS_DIR)  # type: ignore[no-untyped-call]
-    registry.register(_HttpCollector(MULTIPROCESS_DIR))
-    return generate_latest(registry)
+        counted = generate_latest(REGISTRY)
+    else:
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, MULTIPROCESS_DIR)  # type: ignore[no-untyped-call]
+        registry.register(_HttpCollector(MULTIPROCESS_DIR))
+        counted = generate_latest(registry)
+    state = generate_latest(_StateCollector(accounts, scheduler, now))
+    return counted + state + _per_account_text(_records(MULTIPROCESS_DIR), accounts, now)

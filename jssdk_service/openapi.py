@@ -139,8 +139,11 @@ SCHEMAS: dict[str, Any] = {
     "Health": _object({"status": {"const": "ok"}}),
     "Readiness": _object(
         {
-            "status": {"enum": ["ready", "unready"]},
+            "status": {"enum": ["ready", "unready", "draining"]},
+            "ready": {"type": "integer", "minimum": 0, "description": "Accounts that may sign now"},
+            "total": {"type": "integer", "minimum": 0, "description": "Accounts configured"},
             "accounts": {
+                "description": "The accounts that may not sign now (at most 100), or with ?verbose=1 every account",
                 "type": "array",
                 "items": _object(
                     {
@@ -156,6 +159,14 @@ SCHEMAS: dict[str, Any] = {
                     optional=("errcode", "fix", "retryIn"),
                 ),
             },
+            "accountsListed": _string(),
+            "upstream": _object(
+                {
+                    "inFlight": {"type": "integer", "minimum": 0},
+                    "waiting": {"type": "integer", "minimum": 0},
+                    "concurrency": {"type": "integer", "minimum": 1},
+                }
+            ),
             "cache": {
                 "type": "object",
                 "properties": {"backend": {"enum": ["memory", "redis"]}, "ok": {"type": "boolean"}},
@@ -163,7 +174,7 @@ SCHEMAS: dict[str, Any] = {
             },
             "degraded": _string(),
         },
-        optional=("degraded",),
+        optional=("degraded", "accountsListed"),
     ),
     "Lifetime": _object(
         {
@@ -233,7 +244,12 @@ _SIGNING_ERRORS = {
     "400": _error("The URL is missing or cannot be signed", "invalid_url"),
     "403": _error("The URL's host is not a JS secure domain of the account", "host_not_allowed"),
     "404": _error("No account is configured as `app`", "unknown_app"),
-    "503": _error("No valid ticket, and WeChat is unreachable or refuses", "upstream_unavailable", "upstream_rejected"),
+    "503": _error(
+        "No valid ticket in time, and WeChat is unreachable or refuses; Retry-After says when to ask again",
+        "upstream_unavailable",
+        "upstream_rejected",
+        **{"Retry-After": {"schema": {"type": "integer", "minimum": 1}}},
+    ),
 }
 _BODY_ERRORS = {
     "400": _error(
@@ -367,9 +383,20 @@ def openapi_document(*, admin: bool, demo: bool) -> dict[str, Any]:
         "/readyz": {
             "get": {
                 "summary": "Whether every account has a valid ticket",
+                "parameters": [
+                    {
+                        "name": "verbose",
+                        "in": "query",
+                        "description": "1 lists every account, ready or not",
+                        "schema": {"enum": ["0", "1"]},
+                    }
+                ],
                 "responses": {
                     "200": _json_response("Every account can sign", _ref("Readiness")),
-                    "503": _json_response("Some account cannot sign; each says why", _ref("Readiness")),
+                    "503": _json_response(
+                        "Some account cannot sign (each listed says why), or the service is stopping",
+                        _ref("Readiness"),
+                    ),
                 },
             }
         },

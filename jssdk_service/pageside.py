@@ -2,8 +2,10 @@
 
     GET  /v1/jssdk-share.js      the page helper (static/jssdk-share.js): signs the page, sets the share
                                  card, reports wx.config failures; ETag, and a year of caching at ?v=<ETag>
-    POST /v1/doctor              why WeChat refused a config: `doctor.diagnose` against the account's
-                                 current and recent tickets; with only a url, the latest report from it
+    POST /v1/doctor              why WeChat refused a config: `doctor.diagnose` against the current and
+                                 recent tickets of the account the page names (and of a few others
+                                 signing for its host), never of every account; with only a url, the
+                                 latest report from it
     POST /v1/report              what the helper sends on wx.error: diagnosed, kept (the last
                                  RECENT_REPORTS, per process), counted in jssdk_reports_total, logged
     GET  /demo                   `serve --sandbox` only: a page that uses the helper, with a sandbox
@@ -26,11 +28,20 @@ import orjson
 from aiohttp import web
 
 from jssdk_service.bodies import json_object, preflight
-from jssdk_service.config import Settings
+from jssdk_service.config import Account, Settings
 from jssdk_service.credentials import CredentialStore
-from jssdk_service.doctor import AccountTickets, Evidence, Finding, diagnose, evidence_from_mapping, page_url
+from jssdk_service.doctor import (
+    MAX_OTHERS,
+    AccountTickets,
+    Evidence,
+    Finding,
+    diagnose,
+    evidence_from_mapping,
+    page_url,
+)
 from jssdk_service.errors import InvalidRequest, UpstreamError
 from jssdk_service.metrics import REPORTS
+from jssdk_service.pageurl import covering_domains
 
 log = logging.getLogger("jssdk_service.pageside")
 
@@ -91,6 +102,12 @@ class PageSide:
         self._demo = demo
         self._script = Asset.load("jssdk-share.js", "text/javascript; charset=utf-8")
         self.reports: deque[PageReport] = deque(maxlen=RECENT_REPORTS)
+        # Each JS secure domain's accounts, in configured order: who signs for a host, without a scan.
+        by_domain: dict[str, list[Account]] = {}
+        for account in settings.accounts:
+            for domain in account.allowed_hosts:
+                by_domain.setdefault(domain, []).append(account)
+        self._by_domain = {domain: tuple(accounts) for domain, accounts in by_domain.items()}
 
     def __repr__(self) -> str:
         return f"PageSide(reports={len(self.reports)})"
@@ -122,7 +139,7 @@ class PageSide:
         evidence = evidence_from_mapping(await json_object(request))
         bare = (evidence.signature, evidence.nonce, evidence.timestamp, evidence.err_msg) == (None, None, None, None)
         replayed = self._replay(page_url(evidence.url).raw) if bare else None
-        return _answer(replayed if replayed is not None else await self._diagnose(evidence))
+        return _answer(replayed if replayed is not None else (await self._diagnose(evidence))[1])
 
     async def report(self, request: web.Request) -> web.Response:
         """A page's wx.error: diagnosed, kept, counted and logged; the answer carries the findings."""
@@ -132,8 +149,7 @@ class PageSide:
             raise InvalidRequest("errMsg is required: a report says what wx.error (or a share API) answered")
         if evidence.user_agent is None and request.headers.get("User-Agent"):
             evidence = replace(evidence, user_agent=request.headers["User-Agent"][:1024])
-        findings = await self._diagnose(evidence)
-        account = self._settings.account(evidence.app_id)
+        account, findings = await self._diagnose(evidence)
         app = account.name if account is not None else "unknown"
         page = page_url(evidence.url)
         self.reports.append(
@@ -155,17 +171,44 @@ class PageSide:
         )
         return _answer(findings)
 
-    async def _diagnose(self, evidence: Evidence) -> list[Finding]:
+    async def _diagnose(self, evidence: Evidence) -> tuple[Account | None, list[Finding]]:
+        """The account the page meant and the findings, from its tickets (and a few others'): O(1) in accounts.
+
+        The account is the one the appId names, or the only one configured; with no appId, the only
+        one signing for the page's host. With several accounts and none of them named, no ticket is
+        tried (the doctor says it needs the appId).
+        """
+        page = page_url(evidence.url)
+        account = self._settings.account(evidence.app_id)
+        # One more than MAX_OTHERS: the account itself may be among them.
+        covering = self._signing_for(page.host, limit=MAX_OTHERS + 1)
+        if account is None and evidence.app_id is None and len(covering) == 1:
+            account = covering[0]
+        others = [a for a in covering if a is not account][:MAX_OTHERS]
         store = self._store()
-        accounts = []
-        for account in self._settings.accounts:
+        entry = None
+        if account is not None:
             creds = store[account.app_id]
             if not creds.recent_tickets:
                 # Cold start: join the first refresh; when WeChat fails, the findings say no ticket was there.
                 with contextlib.suppress(UpstreamError):
                     await creds.ticket()
-            accounts.append(AccountTickets(account, tuple(creds.recent_tickets)))
-        return diagnose(evidence, accounts, now=self._clock())
+            entry = AccountTickets(account, tuple(creds.recent_tickets))
+        # Others' tickets as they are: a diagnosis never waits for another account's refresh.
+        tickets = [AccountTickets(a, tuple(store[a.app_id].recent_tickets)) for a in others]
+        configured = self._settings.accounts
+        return account, diagnose(evidence, entry, others=tickets, configured=configured, now=self._clock())
+
+    def _signing_for(self, host: str, *, limit: int) -> list[Account]:
+        """Up to `limit` accounts that sign for `host`, the nearest domain's first, each in configured order."""
+        found: list[Account] = []
+        for domain in covering_domains(host):
+            for account in self._by_domain.get(domain, ()):
+                if all(a is not account for a in found):
+                    found.append(account)
+                    if len(found) == limit:
+                        return found
+        return found
 
     def _replay(self, page: str) -> list[Finding] | None:
         """The latest report from `page` as findings: a note saying so, then its diagnosis; None if none is kept."""

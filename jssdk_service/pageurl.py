@@ -103,15 +103,54 @@ def normalise_domain(domain: str) -> str:
 
 
 def host_allowed(host: str, domains: Collection[str]) -> bool:
-    """True when `host` is one of `domains` or a subdomain of one (`a.example.com` for `example.com`)."""
+    """True when `host` is one of `domains` or a subdomain of one (`a.example.com` for `example.com`).
+
+    `host` is as `parse_page_url` gives it (lower-case, no trailing dot). An IP address matches itself
+    only: a host that is an IP literal (bracketed IPv6, or ending in a numeric label, which browsers
+    read as IPv4) is no subdomain of anything, so a configured `127.0.0.1` never covers
+    `evil.127.0.0.1`. Deciding that on the host is enough: every suffix of a host shares its last
+    label, so only a host that is no IP literal can have a suffix that is a configured domain (and an
+    IPv6 literal without dots, bracketed or not, has no suffix at all).
+    """
     if host in domains:
         return True
+    # The last character and a substring search clear almost every name without a closer look.
+    if (host[-1:] in _NUMERIC_TAIL or "0x" in host) and is_ip_literal(host):
+        return False
     dot = host.find(".")
     while dot >= 0:
         if host[dot + 1 :] in domains:
             return True
         dot = host.find(".", dot + 1)
     return False
+
+
+def is_ip_literal(host: str) -> bool:
+    """Whether `host` is an IP address: bracketed IPv6, or ending in a number (decimal, or `0x` hex),
+    which browsers read as IPv4. An unbracketed IPv6 literal counts too when it ends in IPv4 form."""
+    if host.endswith("]"):
+        return True
+    last = host[host.rfind(".") + 1 :]
+    return last.isdigit() or (last[:2] == "0x" and all(c in _HEX for c in last[2:]))
+
+
+def covering_domains(host: str) -> list[str]:
+    """The domains that allow `host` (see `host_allowed`): the host itself, then, unless it is an IP
+    literal, each parent domain, nearest first (`a.b.com`, `b.com`, `com`)."""
+    if is_ip_literal(host):
+        return [host]
+    domains = [host]
+    dot = host.find(".")
+    while dot >= 0:
+        domains.append(host[dot + 1 :])
+        dot = host.find(".", dot + 1)
+    return domains
+
+
+# A host ending in one of these may be an IP literal: IPv4 (a numeric last label) or bracketed IPv6.
+_NUMERIC_TAIL = frozenset("0123456789]")
+# A last label `0x` + hexadecimal digits is a number to a browser too.
+_HEX = frozenset("0123456789abcdef")
 
 
 def require_allowed(host: str, domains: Collection[str], *, what: str = "url") -> None:

@@ -11,7 +11,14 @@ It is a peer of the real WeChat: the client cannot tell them apart. What it emul
 - injectable faults: errcode -1 (or any errcode) at a rate, HTTP 500 at a rate, connection resets,
   a delay, and a script of exact outcomes for the next calls.
 Under `/sandbox/` it also answers what WeChat's client would: `POST /sandbox/verify` checks a
-wx.config the way the WeChat client does.
+wx.config the way the WeChat client does. `GET /sandbox/stats` (read-only) tells what it has seen:
+
+    {"calls": {"<api>": {"ok": n, "failed": n}},      # per emulated API, as `count()` counts
+     "inFlight": n, "peakInFlight": n,                # calls being served now (the delay included), the most at once
+     "ticketsIssuedPerSecond": {"<epoch second>": n}} # jsapi tickets handed out, by the second of issue
+
+It stays cheap with many accounts: what it issues is indexed per (appId, kind) and calls are counted
+per (api, appId, outcome), so no call scans the whole history.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import random
 import secrets
 import socket
 import time
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -103,7 +110,17 @@ class WeChatSandbox:
         self.daily_quota = {"token": 2000, "stable_token": 500_000, "getticket": 2000, **(daily_quota or {})}
         self.faults = Faults()
         self.calls: list[Call] = []
+        """Every call in order (append-only: `count()` reads counters kept alongside)."""
         self.issued: dict[str, IssuedCredential] = {}
+        """value -> credential, for every token and ticket ever handed out."""
+        self.in_flight = 0
+        """Calls to the emulated APIs being served right now, the injected delay included."""
+        self.peak_in_flight = 0
+        """The most calls ever served at once."""
+        self._issued_by: defaultdict[tuple[str, str], list[IssuedCredential]] = defaultdict(list)
+        self._call_counts: Counter[tuple[str, str, bool]] = Counter()  # (api, app_id, ok)
+        self._api_counts: Counter[tuple[str, bool]] = Counter()  # (api, ok)
+        self._tickets_per_second: Counter[int] = Counter()
         self._used: Counter[tuple[str, str]] = Counter()
         self._forced: dict[str, list[float]] = {}
         self._random = random.Random(seed)
@@ -118,14 +135,15 @@ class WeChatSandbox:
 
     def count(self, api: str, app_id: str | None = None, *, ok_only: bool = False) -> int:
         """How many calls reached `api` (for `app_id`), or only the successful ones."""
-        return sum(
-            1
-            for c in self.calls
-            if c.api == api and (app_id is None or c.app_id == app_id) and (not ok_only or c.errcode == 0)
-        )
+        if app_id is None:
+            ok, failed = self._api_counts[(api, True)], self._api_counts[(api, False)]
+        else:
+            ok, failed = self._call_counts[(api, app_id, True)], self._call_counts[(api, app_id, False)]
+        return ok if ok_only else ok + failed
 
     def tickets(self, app_id: str) -> list[IssuedCredential]:
-        return [c for c in self.issued.values() if c.app_id == app_id and c.kind == "ticket"]
+        """Every ticket handed out for `app_id`, oldest first."""
+        return list(self._issued_by.get((app_id, "ticket"), ()))
 
     def ticket_that_signed(
         self, app_id: str, *, url: str, nonce: str, timestamp: int, signature: str
@@ -139,9 +157,20 @@ class WeChatSandbox:
     def knock_out_tokens(self, app_id: str) -> None:
         """Kill every live token of `app_id` now, as another party's refresh does after the overlap."""
         now = self._clock()
-        for cred in self.issued.values():
-            if cred.app_id == app_id and cred.kind != "ticket":
+        for kind in ("classic", "stable"):
+            for cred in self._issued_by.get((app_id, kind), ()):
                 cred.expires_at = min(cred.expires_at, now - 1)
+
+    def stats(self) -> dict[str, Any]:
+        """What `GET /sandbox/stats` answers (see the module docstring)."""
+        apis = sorted({"token", "stable_token", "getticket", *(api for api, _ in self._api_counts)})
+        return {
+            "calls": {api: {"ok": self._api_counts[(api, True)], "failed": self._api_counts[(api, False)]}
+                      for api in apis},
+            "peakInFlight": self.peak_in_flight,
+            "inFlight": self.in_flight,
+            "ticketsIssuedPerSecond": {str(second): n for second, n in sorted(self._tickets_per_second.items())},
+        }  # fmt: skip
 
     def verify_config(self, app_id: str, *, url: str, nonce: str, timestamp: int, signature: str) -> str:
         """What `wx.config` reports: `config:ok`, or the error WeChat's client gives."""
@@ -160,6 +189,7 @@ class WeChatSandbox:
         app.router.add_post("/cgi-bin/clear_quota/v2", self._clear_quota)
         app.router.add_post("/cgi-bin/openapi/quota/get", self._quota_get)
         app.router.add_post("/sandbox/verify", self._verify)
+        app.router.add_get("/sandbox/stats", self._stats)
         return app
 
     async def _token(self, request: web.Request) -> web.StreamResponse:
@@ -184,6 +214,16 @@ class WeChatSandbox:
             token, token_value, request.query.get("type", "")))  # fmt: skip
 
     async def _serve(
+        self, request: web.Request, api: str, app_id: str, handle: Callable[[], dict[str, Any]]
+    ) -> web.StreamResponse:
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            return await self._serve_one(request, api, app_id, handle)
+        finally:
+            self.in_flight -= 1
+
+    async def _serve_one(
         self, request: web.Request, api: str, app_id: str, handle: Callable[[], dict[str, Any]]
     ) -> web.StreamResponse:
         faults = self.faults
@@ -221,6 +261,9 @@ class WeChatSandbox:
 
     def _record(self, api: str, app_id: str, errcode: int) -> None:
         self.calls.append(Call(api=api, app_id=app_id, errcode=errcode, at=self._clock()))
+        ok = errcode == 0
+        self._call_counts[(api, app_id, ok)] += 1
+        self._api_counts[(api, ok)] += 1
 
     def _issue_token(
         self, request: web.Request, kind: Literal["classic", "stable"], grant_type: Any, app_id: Any, secret: Any,
@@ -263,7 +306,8 @@ class WeChatSandbox:
             for cred in live:
                 cred.expires_at = now
             current = None
-        if current is None or current.expires_at - now <= self.stable_renew_before:
+        # A stable token handed out always has a whole second left at least (upstream: 300 s).
+        if current is None or current.expires_at - now <= max(1.0, self.stable_renew_before):
             current = self._mint(app_id, "stable", now, self.token_expires_in)
         return {"access_token": current.value, "expires_in": int(current.expires_at - now)}
 
@@ -290,7 +334,7 @@ class WeChatSandbox:
         return {"errcode": 0, "errmsg": "ok", "ticket": ticket.value, "expires_in": self.ticket_expires_in}
 
     def _live(self, app_id: str, kind: str, now: float) -> list[IssuedCredential]:
-        return [c for c in self.issued.values() if c.app_id == app_id and c.kind == kind and c.expires_at > now]
+        return [c for c in self._issued_by.get((app_id, kind), ()) if c.expires_at > now]
 
     def _mint(
         self, app_id: str, kind: Literal["classic", "stable", "ticket"], now: float, life: float
@@ -299,6 +343,9 @@ class WeChatSandbox:
         cred = IssuedCredential(app_id=app_id, kind=kind, value=prefix + secrets.token_urlsafe(48),
                                 issued_at=now, expires_at=now + life)  # fmt: skip
         self.issued[cred.value] = cred
+        self._issued_by[(app_id, kind)].append(cred)
+        if kind == "ticket":
+            self._tickets_per_second[int(now)] += 1
         return cred
 
     def _spend_quota(self, app_id: str, api: str) -> bool:
@@ -333,6 +380,9 @@ class WeChatSandbox:
         quota = {"daily_limit": limit, "used": used, "remain": max(0, limit - used)}
         return web.Response(body=orjson.dumps({"errcode": 0, "errmsg": "ok", "quota": quota}),
                             content_type="application/json")  # fmt: skip
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps(self.stats()), content_type="application/json")
 
     async def _verify(self, request: web.Request) -> web.Response:
         body = await _json_body(request)

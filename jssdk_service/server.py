@@ -11,9 +11,12 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import tempfile
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from multiprocessing.connection import Connection
 
 import uvloop
 from aiohttp import web
@@ -22,11 +25,13 @@ from jssdk_service import logs
 from jssdk_service.config import Settings, load_settings
 from jssdk_service.errors import ConfigError
 from jssdk_service.sandbox import DEMO_APP_ID, SandboxAccount, SandboxServer, WeChatSandbox, closed_port_url
-from jssdk_service.web import create_app
+from jssdk_service.web import LIFECYCLE, STORE, create_app
 
 log = logging.getLogger("jssdk_service.server")
 
 DEMO_ALLOWED_HOSTS = "localhost,127.0.0.1,example.com"
+# After the drain: how long connections accepted before the listener closed may still send a request.
+CLOSE_GRACE = 0.5
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,86 +130,239 @@ async def start_sandbox(settings: Settings, options: SandboxOptions) -> tuple[Sa
     return server, replace(settings, api_bases=bases)
 
 
+class Signals:
+    """The process's stop signals: the first asks for a graceful stop, a second one exits at once."""
+
+    def __init__(self, stops: tuple[signal.Signals, ...], *, on_second: Callable[[], None] | None = None) -> None:
+        self.stop = asyncio.Event()
+        self.hangup = asyncio.Event()
+        self._on_second = on_second
+        loop = asyncio.get_running_loop()
+        for signum in stops:
+            loop.add_signal_handler(signum, self._stop, signum)
+
+    def __repr__(self) -> str:
+        return f"Signals(stop={self.stop.is_set()})"
+
+    def listen_for_hangup(self) -> None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.hangup.set)
+
+    def _stop(self, signum: signal.Signals) -> None:
+        if not self.stop.is_set():
+            self.stop.set()
+            return
+        log.warning("%s again: exiting now", signum.name)
+        if self._on_second is not None:
+            self._on_second()
+        os._exit(1)
+
+
 async def serve(
-    settings: Settings, *, sandbox: SandboxOptions | None = None, reuse_port: bool = False, demo: bool = False
+    settings: Settings,
+    *,
+    sandbox: SandboxOptions | None = None,
+    sock: socket.socket | None = None,
+    ready: Connection | None = None,
+    demo: bool = False,
 ) -> None:
-    """Serve in this process until SIGINT or SIGTERM; with a sandbox (here or in the supervisor), the demo page too."""
-    stop = _stop_on_signals()
+    """Serve in this process until SIGTERM (or SIGINT, unless a supervisor runs it), then drain and stop.
+
+    With a sandbox (here or in the supervisor), the demo page too. Under a supervisor, `sock` is the
+    listening socket every worker shares, and `ready` is told once this worker's accounts are ready.
+
+    The stop: /readyz turns 503 at once; for `drain_seconds` the service still answers everything,
+    each answer with `Connection: close`; then it stops listening, lets the requests in progress
+    finish, cancels its refreshes and closes its clients, and returns (exit 0).
+    """
+    signals = Signals((signal.SIGTERM,) if sock is not None else (signal.SIGTERM, signal.SIGINT))
     sandbox_server = None
     if sandbox is not None:
         sandbox_server, settings = await start_sandbox(settings, sandbox)
     app = create_app(settings, demo=demo or sandbox is not None)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=settings.keepalive_timeout,
+                           shutdown_timeout=settings.request_wait + 5)  # fmt: skip
     await runner.setup()
     try:
-        await web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port).start()
+        site = web.SockSite(runner, sock) if sock is not None else web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
         log.info("jssdk-service listening on http://%s:%d (pid %d)", settings.host, settings.port, os.getpid())
         # What start-up built lives as long as the process: keep the collector from rescanning it.
-        gc.collect()
+        # (No gc.collect() first: with thousands of accounts it would hold the new listener for 0.5 s.)
         gc.freeze()
-        await stop.wait()
+        if ready is not None:
+            await _tell_when_ready(app, ready, signals.stop, settings.request_wait)
+        await signals.stop.wait()
+        app[LIFECYCLE].draining = True
+        log.info("stopping: draining for %gs (a second signal stops at once)", settings.drain_seconds)
+        await asyncio.sleep(settings.drain_seconds)
+        # Stop listening first, and let the connections accepted until now deliver their requests:
+        # closing the server at once would drop a request that arrived with its connection.
+        await site.stop()
+        await asyncio.sleep(CLOSE_GRACE)
     finally:
         await runner.cleanup()
         if sandbox_server is not None:
             await sandbox_server.stop()
+    log.info("jssdk-service stopped (pid %d)", os.getpid())
+
+
+async def _tell_when_ready(app: web.Application, ready: Connection, stop: asyncio.Event, wait: float) -> None:
+    """Tell the supervisor once every account may sign, or after `wait` seconds whatever the accounts say."""
+    give_up = time.monotonic() + max(wait, 10.0)
+    store = app[STORE]
+    while not stop.is_set() and time.monotonic() < give_up:
+        readiness = store.readiness(limit=0)
+        if readiness.ready == readiness.total:
+            break
+        await asyncio.sleep(0.05)
+    with contextlib.suppress(OSError):
+        ready.send_bytes(b"ready")
+    ready.close()
+
+
+class Workers:
+    """`serve --workers N`: N worker processes sharing one listening socket, looked after.
+
+    One socket, bound here and inherited by every worker, means one accept queue: a worker that
+    stops listening leaves the connections waiting in it to the others, so replacing workers drops
+    nothing (SO_REUSEPORT would give each worker a queue of its own, lost when it closes).
+    """
+
+    def __init__(self, settings: Settings, sock: socket.socket, *, demo: bool) -> None:
+        self._settings = settings
+        self._sock = sock
+        self._demo = demo
+        self._spawn = multiprocessing.get_context("spawn")
+        self.processes: list[multiprocessing.process.BaseProcess] = []
+
+    def __repr__(self) -> str:
+        return f"Workers({len(self.processes)})"
+
+    def start(self, number: int) -> tuple[multiprocessing.process.BaseProcess, Connection]:
+        """Worker `number`, started; the connection answers once it is ready."""
+        told, tell = self._spawn.Pipe(duplex=False)
+        process = self._spawn.Process(target=_worker, args=(self._settings, self._sock, tell, self._demo),
+                                      name=f"jssdk-worker-{number}")  # fmt: skip
+        process.start()
+        tell.close()
+        return process, told
+
+    def start_all(self, count: int) -> None:
+        self.processes = [self.start(n)[0] for n in range(count)]
+
+    async def replace_all(self) -> None:
+        """SIGHUP: each worker in turn is replaced by a new one, stopped once the new one is ready."""
+        settings = self._settings
+        for number, old in enumerate(self.processes):
+            new, told = self.start(number)
+            loop = asyncio.get_running_loop()
+            if not await loop.run_in_executor(None, told.poll, max(settings.request_wait, 10.0) + 30):
+                log.warning("worker %d (pid %s) did not say it was ready; replacing the old one anyway", number,
+                            new.pid)  # fmt: skip
+            told.close()
+            self.processes[number] = new
+            old.terminate()  # it drains, then exits
+            await loop.run_in_executor(None, old.join, self.stop_timeout)
+            log.info("worker %d replaced (pid %s -> %s)", number, old.pid, new.pid)
+
+    def restart_dead(self, stopping: bool) -> None:
+        for number, process in enumerate(self.processes):
+            if not process.is_alive() and not stopping:
+                log.warning("worker %d (pid %s) exited with %s; starting another", number, process.pid,
+                            process.exitcode)  # fmt: skip
+                self.processes[number] = self.start(number)[0]
+
+    @property
+    def stop_timeout(self) -> float:
+        """How long a worker may take to drain and stop before it is killed."""
+        return self._settings.drain_seconds + self._settings.request_wait + 10
+
+    async def stop_all(self) -> None:
+        for process in self.processes:
+            process.terminate()
+        loop = asyncio.get_running_loop()
+        for process in self.processes:
+            await loop.run_in_executor(None, process.join, self.stop_timeout)
+            if process.is_alive():
+                process.kill()
+
+    def kill_all(self) -> None:
+        for process in self.processes:
+            if process.is_alive():
+                process.kill()
 
 
 async def supervise(settings: Settings, *, workers: int, sandbox: SandboxOptions | None = None) -> None:
-    """Run `workers` processes on one port (SO_REUSEPORT), restarting any that dies, until a signal.
+    """Run `workers` processes on one port, restarting any that dies, until a signal.
 
     They share credentials through the configured Redis; the sandbox, if any, runs here once so
-    that every worker talks to the same emulator.
+    that every worker talks to the same emulator. SIGHUP replaces the workers one at a time; SIGTERM
+    or SIGINT stops them (each drains first); a second one kills them at once.
     """
-    stop = _stop_on_signals()
     sandbox_server = None
     if sandbox is not None:
         sandbox_server, settings = await start_sandbox(settings, sandbox)
     metrics_dir = None
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        metrics_dir = tempfile.mkdtemp(prefix="jssdk-metrics-")
+        metrics_dir = metrics_directory(settings.metrics_dir, os.environ)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    spawn = multiprocessing.get_context("spawn")
-
-    def start(number: int) -> multiprocessing.process.BaseProcess:
-        process = spawn.Process(target=_worker, args=(settings, sandbox is not None), name=f"jssdk-worker-{number}")
-        process.start()
-        return process
-
-    processes = [start(n) for n in range(workers)]
+    sock = _listening_socket(settings.host, settings.port)
+    pool = Workers(settings, sock, demo=sandbox is not None)
+    signals = Signals((signal.SIGTERM, signal.SIGINT), on_second=pool.kill_all)
+    signals.listen_for_hangup()
+    pool.start_all(workers)
     log.info("jssdk-service: %d workers on http://%s:%d", workers, settings.host, settings.port)
     try:
-        while not stop.is_set():
+        while not signals.stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.5)
-            for number, process in enumerate(processes):
-                if not process.is_alive() and not stop.is_set():
-                    log.warning("worker %d (pid %s) exited with %s; starting another", number, process.pid,
-                                process.exitcode)  # fmt: skip
-                    processes[number] = start(number)
+                await asyncio.wait_for(signals.stop.wait(), 0.5)
+            if signals.hangup.is_set() and not signals.stop.is_set():
+                signals.hangup.clear()
+                log.info("SIGHUP: replacing the workers one at a time")
+                await pool.replace_all()
+            pool.restart_dead(signals.stop.is_set())
     finally:
-        for process in processes:
-            process.terminate()
-        loop = asyncio.get_running_loop()
-        for process in processes:
-            await loop.run_in_executor(None, process.join, 10)
+        await pool.stop_all()
+        sock.close()
         if sandbox_server is not None:
             await sandbox_server.stop()
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _worker(settings: Settings, demo: bool) -> None:
+def metrics_directory(configured: str | None, env: Mapping[str, str]) -> str:
+    """A new private directory for the workers' metrics: inside `configured` (JSSDK_METRICS_DIR), or
+    else under $XDG_RUNTIME_DIR or /dev/shm (memory-backed, so a read-only root filesystem is fine)."""
+    bases = [configured] if configured else [env.get("XDG_RUNTIME_DIR") or "", "/dev/shm"]  # noqa: S108
+    for base in bases:
+        if base and os.path.isdir(base) and os.access(base, os.W_OK | os.X_OK):
+            return tempfile.mkdtemp(prefix="jssdk-metrics-", dir=base)
+    where = f"{configured!r} is not a writable directory" if configured else (
+        "neither $XDG_RUNTIME_DIR nor /dev/shm is writable")  # fmt: skip
+    raise ConfigError("JSSDK_METRICS_DIR", f"{where}; --workers keeps its metrics there: point it at a writable "
+                      "directory (a tmpfs, or an emptyDir in Kubernetes)")  # fmt: skip
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError("JSSDK_PORT", f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _worker(settings: Settings, sock: socket.socket, ready: Connection, demo: bool) -> None:
+    # Ctrl-C reaches the whole process group: the supervisor handles it and stops the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(settings)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(settings, reuse_port=True, demo=demo))
-
-
-def _stop_on_signals() -> asyncio.Event:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    return stop
+        runner.run(serve(settings, sock=sock, ready=ready, demo=demo))
 
 
 def configure_logging(settings: Settings) -> None:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from bisect import bisect_left
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
+from urllib.parse import parse_qsl
 
 import httpx
 import orjson
@@ -22,7 +24,7 @@ from jssdk_service.admin import AdminAPI
 from jssdk_service.bodies import json_object, preflight
 from jssdk_service.cache import SharedCache, open_cache
 from jssdk_service.config import Account, Settings
-from jssdk_service.credentials import CredentialStore, UpstreamUsage
+from jssdk_service.credentials import AccountCredentials, AccountStatus, CredentialStore, UpstreamUsage
 from jssdk_service.errors import (
     HostNotAllowed,
     InvalidRequest,
@@ -30,6 +32,7 @@ from jssdk_service.errors import (
     InvalidURL,
     JssdkError,
     UnknownApp,
+    UpstreamError,
     UpstreamRejected,
     UpstreamUnavailable,
 )
@@ -41,13 +44,13 @@ from jssdk_service.metrics import (
     UNMATCHED_ROUTE,
     exposition,
     keep_publishing_http_stats,
-    record_credential_ttls,
     route_stats,
     upstream_call_counter,
 )
 from jssdk_service.openapi import openapi_document
 from jssdk_service.pageside import PageSide
 from jssdk_service.pageurl import PageURL, host_allowed, parse_page_url, require_allowed
+from jssdk_service.scheduler import UpstreamScheduler
 from jssdk_service.share import ShareFields, check_link_domain, share_fields_from_mapping, share_payloads
 from jssdk_service.signing import NonceSource, sign_url
 from jssdk_service.tokens import JsapiTicket
@@ -65,6 +68,23 @@ ALL_DOMAINS: web.AppKey[tuple[str, ...]] = web.AppKey("all_domains")
 # Called once per HTTP call to WeChat; fill before start-up (metrics, daily usage counting).
 CALL_OBSERVERS: web.AppKey[list[CallObserver]] = web.AppKey("call_observers")
 ACCOUNT = web.RequestKey("account", Account)
+
+
+class Lifecycle:
+    """Where the process is in its life: `draining` from the first SIGTERM on (see `server.py`)."""
+
+    __slots__ = ("draining",)
+
+    def __init__(self) -> None:
+        self.draining = False
+
+    def __repr__(self) -> str:
+        return f"Lifecycle(draining={self.draining})"
+
+
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+# /readyz lists at most this many accounts unless asked for all (`?verbose=1`).
+READYZ_LISTED = 100
 
 # Each error class maps to one status and code; the most specific class in the MRO wins.
 _STATUS: dict[type[JssdkError], tuple[int, str]] = {
@@ -100,6 +120,8 @@ def create_app(
     app[CLOCK] = clock
     app[NONCES] = NonceSource()
     app[ALL_DOMAINS] = tuple({d for a in settings.accounts for d in a.allowed_hosts})
+    app[LIFECYCLE] = Lifecycle()
+    scheduler = UpstreamScheduler(settings.upstream_concurrency)
 
     usage = UpstreamUsage(clock=clock)
     observers: list[CallObserver] = [usage.record, upstream_call_counter(settings.accounts)]
@@ -108,7 +130,7 @@ def create_app(
     async def wechat_client(app: web.Application) -> AsyncIterator[None]:
         observers: list[CallObserver] = app[CALL_OBSERVERS]
         client = WeChatClient(settings.api_bases, policy=retry_policy, observers=observers, clock=clock,
-                              transport=transport)  # fmt: skip
+                              scheduler=scheduler, transport=transport)  # fmt: skip
         app[WECHAT] = client
         yield
         await client.aclose()
@@ -121,11 +143,15 @@ def create_app(
         await cache.close()
 
     async def credential_store(app: web.Application) -> AsyncIterator[None]:
-        store = CredentialStore(settings.accounts, app[WECHAT], app[CACHE], clock=clock,
-                                lock_lease=settings.lock_lease, usage=usage)  # fmt: skip
+        store = CredentialStore(settings.accounts, app[WECHAT], app[CACHE], clock=clock, lock_lease=settings.lock_lease,
+                                request_wait=settings.request_wait, usage=usage)  # fmt: skip
         app[STORE] = store
         store.start()
+        # Cache health and the fleet's news, for as long as the store runs.
+        watcher = asyncio.get_running_loop().create_task(app[CACHE].watch(store.on_news))
         yield
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
         await store.stop()
 
     app.cleanup_ctx.extend([wechat_client, shared_cache, credential_store])
@@ -170,10 +196,10 @@ def install_routes(app: web.Application, routes: list[tuple[str, str, Handler]])
     Errors are rendered by a wrapper rather than a middleware: aiohttp runs two extra coroutine
     layers per request once any middleware exists, and that shows on /v1/signature's throughput.
     """
-    access_log = app[SETTINGS].access_log
+    access_log, lifecycle = app[SETTINGS].access_log, app[LIFECYCLE]
     methods: dict[str, set[str]] = {}
     for method, path, handler in routes:
-        app.router.add_route(method, path, _endpoint(handler, path, access_log=access_log))
+        app.router.add_route(method, path, _endpoint(handler, path, lifecycle, access_log=access_log))
         methods.setdefault(path, set()).add(method)
 
     async def no_route(request: web.Request) -> web.StreamResponse:
@@ -182,7 +208,7 @@ def install_routes(app: web.Application, routes: list[tuple[str, str, Handler]])
             raise web.HTTPNotFound()
         raise web.HTTPMethodNotAllowed(request.method, sorted(allowed))
 
-    app.router.add_route("*", "/{path:.*}", _endpoint(no_route, UNMATCHED_ROUTE, access_log=access_log))
+    app.router.add_route("*", "/{path:.*}", _endpoint(no_route, UNMATCHED_ROUTE, lifecycle, access_log=access_log))
 
 
 # -- handlers --------------------------------------------------------------------------------
@@ -203,7 +229,7 @@ async def share(request: web.Request) -> web.Response:
     params = request.query if request.method == "GET" else await json_object(request)
     account, page = _resolve(request, app, params)
     override = _share_override(params.get("share"), account)
-    shared_page = _shared_page(params.get("page"), account) or page
+    shared_page = _shared_page(request, params.get("page"), account) or page
     payloads = share_payloads(shared_page, account.share, account.allowed_hosts, override)
     ticket = await _ticket(app, account)
     body = {"config": _config(app, account, page, ticket), **payloads}
@@ -215,9 +241,15 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text format; credential lifetimes are read now, everything else is counted as it happens."""
-    record_credential_ttls(creds.status() for creds in request.app[STORE])
-    return web.Response(body=exposition(), headers={"Content-Type": CONTENT_TYPE})
+    """Prometheus text format; credential lifetimes are read now, everything else is counted as it happens.
+
+    Built in a worker thread: its cost grows with the accounts, and signatures must not wait for it.
+    """
+    app = request.app
+    store = app[STORE]
+    accounts: list[AccountCredentials] = list(store)
+    body = await asyncio.to_thread(exposition, accounts, app[WECHAT].scheduler, app[CLOCK]())
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 def _document(document: dict[str, Any]) -> Handler:
@@ -231,21 +263,44 @@ def _document(document: dict[str, Any]) -> Handler:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """200 when every account has a usable ticket; 503 with each account's reason otherwise."""
-    statuses = [creds.status() for creds in request.app[STORE]]
-    ready = all(s.ready for s in statuses)
-    accounts = []
-    for s in statuses:
-        entry: dict[str, Any] = {"app": s.name, "appId": s.app_id, "ready": s.ready, "reason": s.reason,
-                                 "ticketExpiresIn": s.ticket_expires_in}  # fmt: skip
-        optional = {"errcode": s.errcode, "fix": s.fix, "retryIn": s.retry_in}
-        entry.update({key: value for key, value in optional.items() if value is not None})
-        accounts.append(entry)
-    cache = request.app[CACHE].health()
-    body = {"status": "ready" if ready else "unready", "accounts": accounts, "cache": cache}
+    """200 when every account has a usable ticket; 503 otherwise, and from the first SIGTERM on.
+
+    The answer counts the accounts that are ready and lists those that are not (at most
+    `READYZ_LISTED`; `?verbose=1` lists every account, ready or not).
+    """
+    app = request.app
+    store = app[STORE]
+    verbose = request.query.get("verbose", "0") not in ("0", "", "false")
+    readiness = store.readiness(limit=len(store) if verbose else READYZ_LISTED)
+    listed = list(store) if verbose else readiness.unready
+    ready = readiness.ready == readiness.total
+    draining = app[LIFECYCLE].draining
+    scheduler = app[WECHAT].scheduler
+    body: dict[str, Any] = {
+        "status": "draining" if draining else "ready" if ready else "unready",
+        "ready": readiness.ready,
+        "total": readiness.total,
+        "accounts": [_account_status(creds.status()) for creds in listed],
+        "upstream": {
+            "inFlight": scheduler.in_flight,
+            "waiting": scheduler.waiting,
+            "concurrency": scheduler.concurrency,
+        },
+    }
+    if not verbose and readiness.total - readiness.ready > len(listed):
+        body["accountsListed"] = f"{len(listed)} of {readiness.total - readiness.ready} not ready; ?verbose=1 for all"
+    cache = body["cache"] = app[CACHE].health()
     if not cache["ok"]:
-        body["degraded"] = "the shared cache is unreachable: serving from memory, refreshing without the fleet"
-    return _json(body, status=200 if ready else 503)
+        body["degraded"] = "the shared cache is unavailable: serving from memory, refreshing without the fleet"
+    return _json(body, status=200 if ready and not draining else 503)
+
+
+def _account_status(s: AccountStatus) -> dict[str, Any]:
+    entry: dict[str, Any] = {"app": s.name, "appId": s.app_id, "ready": s.ready, "reason": s.reason,
+                             "ticketExpiresIn": s.ticket_expires_in}  # fmt: skip
+    optional = {"errcode": s.errcode, "fix": s.fix, "retryIn": s.retry_in}
+    entry.update({key: value for key, value in optional.items() if value is not None})
+    return entry
 
 
 # -- the pieces ------------------------------------------------------------------------------
@@ -265,6 +320,8 @@ def _resolve(request: web.Request, app: web.Application, params: Mapping[str, An
     url = params.get("url")
     if url is not None and not isinstance(url, str):
         raise InvalidURL("url must be a string")
+    if url is not None and "\ufffd" in url and request.method == "GET":
+        _require_utf8_query(request)
     page = parse_page_url(url)
     require_allowed(page.host, account.allowed_hosts)
     return account, page
@@ -291,13 +348,24 @@ def _config(app: web.Application, account: Account, page: PageURL, ticket: Jsapi
     return config
 
 
-def _shared_page(value: Any, account: Account) -> PageURL | None:
+def _require_utf8_query(request: web.Request) -> None:
+    """Refuse a query whose percent-escapes are not UTF-8: aiohttp decodes them to U+FFFD, and a page
+    URL with a replacement character in it is not the URL the browser has, so it cannot be signed."""
+    try:
+        parse_qsl(request.rel_url.raw_query_string, keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidURL("url's percent-encoding is not valid UTF-8") from None
+
+
+def _shared_page(request: web.Request, value: Any, account: Account) -> PageURL | None:
     """`page`: the page the card is for when it is not the signed `url` (iOS WeChat signs a
     single-page app's landing URL); its path picks the share rule and it is the default link."""
     if value is None:
         return None
     if not isinstance(value, str):
         raise InvalidURL("page must be a string")
+    if "\ufffd" in value and request.method == "GET":
+        _require_utf8_query(request)
     page = parse_page_url(value)
     require_allowed(page.host, account.allowed_hosts, what="page")
     return page
@@ -340,8 +408,11 @@ def _cors_headers(request: web.Request, domains: tuple[str, ...]) -> dict[str, s
     return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
 
 
-def _endpoint(handler: Handler, route: str, *, access_log: bool) -> Handler:
+def _endpoint(handler: Handler, route: str, lifecycle: Lifecycle, *, access_log: bool) -> Handler:
     """`handler` with errors rendered as JSON, CORS headers for allowed origins, a request id, and metrics.
+
+    While the process drains (after SIGTERM), every answer closes its connection: a client on a
+    keep-alive connection gets its answer, then opens its next connection elsewhere.
 
     `route` is the registered path: the label of the request's metrics and its access log line.
     Every request passes here, /v1/signature's hot path included, so the request id is made in C
@@ -364,6 +435,8 @@ def _endpoint(handler: Handler, route: str, *, access_log: bool) -> Handler:
         if "Origin" in request.headers and request.path.startswith("/v1/"):
             _add_cors(request, response)
         response.headers[REQUEST_ID_HEADER] = request_id
+        if lifecycle.draining:
+            response.force_close()
         elapsed = clock() - started
         status = response.status
         statuses[status] = statuses.get(status, 0) + 1
@@ -381,7 +454,10 @@ def _error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
         status, code = _status_of(exc)
         if status >= 500:
             log.warning("%s %s -> %d %s: %s", request.method, request.path, status, code, exc.message)
-        return _json(_error_body(code, exc.message), status=status, headers=_NO_STORE)
+        headers = _NO_STORE
+        if isinstance(exc, UpstreamError) and exc.retry_after is not None:
+            headers = {**_NO_STORE, "Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+        return _json(_error_body(code, exc.message), status=status, headers=headers)
     if isinstance(exc, web.HTTPException) and exc.status >= 400:
         code = _HTTP_CODES.get(exc.status, "http_error")
         response = _json(_error_body(code, exc.reason), status=exc.status)

@@ -1,9 +1,14 @@
 """The WeChat API client: the only code that speaks HTTP to WeChat (httpx 0.28, pinned) and knows errcodes.
 
-Retries `-1`, HTTP 5xx, timeouts and connection errors with capped exponential backoff and jitter,
-bounded by a deadline per call. A base that fails at the connection level is skipped for a
-cool-down and the next base (WECHAT.md §6: api2 is the backup) is tried at once. Every other errcode
-becomes a typed exception from `errors.py`, with the AppSecret and the token scrubbed from its text.
+Every HTTP attempt runs in a slot of the process's `UpstreamScheduler` (its refresh's slot, when a
+refresh holds one), so a thousand accounts refreshing together queue in our code, in turn order,
+instead of in the HTTP pool. Retries `-1`, HTTP 5xx, timeouts and connection errors with capped
+exponential backoff and jitter, within a deadline that starts at a call's first failure (a wait
+for a slot never counts). A credential's lifetime counts from the moment the attempt WeChat
+answered was sent, never from before a queue wait. A base that fails at the connection level is
+skipped for a cool-down and the next base (WECHAT.md §6: api2 is the backup) is tried at once.
+Every other errcode becomes a typed exception from `errors.py`, with the AppSecret and the token
+scrubbed from its text.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from jssdk_service.errors import (
     UpstreamRejected,
     UpstreamUnavailable,
 )
+from jssdk_service.scheduler import Turn, UpstreamScheduler
 from jssdk_service.tokens import AccessToken, JsapiTicket
 
 # httpx logs every request line at INFO, and getticket's query carries the access_token.
@@ -71,16 +77,20 @@ class WeChatClient:
         policy: RetryPolicy | None = None,
         observers: Sequence[CallObserver] = (),
         clock: Callable[[], float] = time.time,
+        scheduler: UpstreamScheduler | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._bases = tuple(bases)
         self._policy = policy = policy or RetryPolicy()
         self._observers = tuple(observers)
         self._clock = clock
+        self.scheduler = scheduler = scheduler or UpstreamScheduler(16)
         self._cooling_until: dict[str, float] = {}
-        # limits belong on the transport: httpx ignores `limits=` when a transport is passed.
+        # One connection per slot, so no request ever queues inside the pool. Limits belong on
+        # the transport: httpx ignores `limits=` when a transport is passed.
+        limits = httpx.Limits(max_connections=scheduler.concurrency, max_keepalive_connections=scheduler.concurrency)
         self._http = httpx.AsyncClient(
-            transport=transport or httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=100)),
+            transport=transport or httpx.AsyncHTTPTransport(limits=limits),
             timeout=httpx.Timeout(
                 connect=policy.connect_timeout,
                 read=policy.read_timeout,
@@ -102,30 +112,37 @@ class WeChatClient:
         return [base for base, until in self._cooling_until.items() if until > now]
 
     async def fetch_token(
-        self, *, app_id: str, secret: str, api: Literal["stable", "classic"], force_refresh: bool = False
+        self,
+        *,
+        app_id: str,
+        secret: str,
+        api: Literal["stable", "classic"],
+        force_refresh: bool = False,
+        turn: Turn | None = None,
     ) -> AccessToken:
         """A token from `/cgi-bin/stable_token` (default) or the classic `/cgi-bin/token`."""
-        obtained_at = self._clock()
+        turn = turn or self.scheduler.turn()
         if api == "stable":
             # stable_token: the same token for every caller while it is valid; safe across hosts.
             payload = {"grant_type": "client_credential", "appid": app_id, "secret": secret,
                        "force_refresh": force_refresh}  # fmt: skip
-            body = await self._call(app_id, "stable_token", "POST", "/cgi-bin/stable_token", json=payload,
-                                    hidden=(secret,))  # fmt: skip
+            body, sent_at = await self._call(app_id, "stable_token", "POST", "/cgi-bin/stable_token", turn,
+                                             json=payload, hidden=(secret,))  # fmt: skip
         else:
             params = {"grant_type": "client_credential", "appid": app_id, "secret": secret}
-            body = await self._call(app_id, "token", "GET", "/cgi-bin/token", params=params, hidden=(secret,))
+            body, sent_at = await self._call(app_id, "token", "GET", "/cgi-bin/token", turn, params=params,
+                                             hidden=(secret,))  # fmt: skip
         token = _string_field(body, "access_token", app_id)
-        return AccessToken(value=token, obtained_at=obtained_at, expires_in=_expires_in(body, app_id))
+        return AccessToken(value=token, obtained_at=sent_at, expires_in=_expires_in(body, app_id))
 
-    async def fetch_ticket(self, *, app_id: str, token: AccessToken) -> JsapiTicket:
+    async def fetch_ticket(self, *, app_id: str, token: AccessToken, turn: Turn | None = None) -> JsapiTicket:
         """A jsapi_ticket; raises `TokenInvalid` when WeChat no longer accepts `token`."""
-        obtained_at = self._clock()
         params = {"access_token": token.value, "type": "jsapi"}
-        body = await self._call(app_id, "getticket", "GET", "/cgi-bin/ticket/getticket", params=params,
-                                hidden=(token.value,))  # fmt: skip
+        body, sent_at = await self._call(app_id, "getticket", "GET", "/cgi-bin/ticket/getticket",
+                                         turn or self.scheduler.turn(), params=params,
+                                         hidden=(token.value,))  # fmt: skip
         ticket = _string_field(body, "ticket", app_id)
-        return JsapiTicket(value=ticket, obtained_at=obtained_at, expires_in=_expires_in(body, app_id))
+        return JsapiTicket(value=ticket, obtained_at=sent_at, expires_in=_expires_in(body, app_id))
 
     async def _call(
         self,
@@ -133,19 +150,23 @@ class WeChatClient:
         api: API,
         method: str,
         path: str,
+        turn: Turn,
         *,
         params: dict[str, str] | None = None,
         json: dict[str, Any] | None = None,
         hidden: tuple[str, ...],
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], float]:
+        """WeChat's answer, and when the request it answers was sent (`clock` time)."""
         policy = self._policy
-        give_up_at = time.monotonic() + policy.deadline
+        give_up_at: float | None = None
         attempt = 0
         while True:
             try:
-                return await self._try_bases(app_id, api, method, path, params, json, hidden)
+                return await self._try_bases(app_id, api, method, path, turn, params, json, hidden)
             except _Retryable as exc:
                 attempt += 1
+                if give_up_at is None:
+                    give_up_at = time.monotonic() + policy.deadline
                 delay = min(policy.max_delay, policy.base_delay * 2.0 ** (attempt - 1)) * random.uniform(0.5, 1.0)
                 if time.monotonic() + delay >= give_up_at:
                     raise UpstreamUnavailable(
@@ -159,15 +180,18 @@ class WeChatClient:
         api: API,
         method: str,
         path: str,
+        turn: Turn,
         params: dict[str, str] | None,
         json: dict[str, Any] | None,
         hidden: tuple[str, ...],
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], float]:
         """One attempt: the bases in order, skipping cooling ones, moving on after connection failures."""
         last = _Retryable("no_base", "no base configured")
         for base in self._ordered_bases():
             try:
-                response = await self._http.request(method, base + path, params=params, json=json)
+                async with self.scheduler.slot(turn):
+                    sent_at = self._clock()
+                    response = await self._http.request(method, base + path, params=params, json=json)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 self._cooling_until[base] = time.monotonic() + self._policy.base_cooldown
                 self._observe(app_id, api, type(exc).__name__)
@@ -177,7 +201,7 @@ class WeChatClient:
                 self._observe(app_id, api, type(exc).__name__)
                 raise _Retryable(type(exc).__name__, f"{base}: {type(exc).__name__}") from None
             self._cooling_until.pop(base, None)
-            return self._read(app_id, api, base, response, hidden)
+            return self._read(app_id, api, base, response, hidden), sent_at
         raise last
 
     def _read(

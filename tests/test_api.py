@@ -244,6 +244,8 @@ async def test_health_and_readiness(start_service: ServiceFactory, http: aiohttp
     await get(http, f"{ready.url}/v1/signature", params={"url": PAGE})
     assert (await get(http, f"{ready.url}/healthz"))[0] == 200
     status, _, body = await get(http, f"{ready.url}/readyz")
+    assert (status, body["status"], body["ready"], body["total"], body["accounts"]) == (200, "ready", 1, 1, [])
+    status, _, body = await get(http, f"{ready.url}/readyz", params={"verbose": "1"})
     assert (status, body["status"], body["accounts"][0]["ready"]) == (200, "ready", True)
 
     rejected = await start_service(accounts=(make_account(secret=Secret("nope-nope")),))

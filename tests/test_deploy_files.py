@@ -156,6 +156,71 @@ def assert_service_env(names: Iterable[str]) -> None:
     assert not unknown, f"the service reads no {sorted(unknown)}"
 
 
+def compose_env() -> dict[str, str]:
+    """The service container's environment in the Compose file, interpolated from deploy/.env.example."""
+    dotenv = env_file(DEPLOY / ".env.example")
+    jssdk = compose()["services"]["jssdk"]
+    return {name: interpolate(str(value), dotenv) for name, value in jssdk["environment"].items()}
+
+
+def compose_settings(tmp_path: Path) -> Settings:
+    (secret_name,) = compose()["services"]["jssdk"]["secrets"]
+    return service_settings({**dockerfile_env(), **compose_env()}, tmp_path, f"/run/secrets/{secret_name}")
+
+
+def k8s_env() -> dict[str, str]:
+    """The service container's literal environment in the pod: the image's, the ConfigMap's, its own."""
+    jssdk = container(pod_spec(), "jssdk")
+    (config_ref,) = jssdk["envFrom"]
+    config = k8s_object("ConfigMap", config_ref["configMapRef"]["name"])["data"]
+    return {**dockerfile_env(), **config, **plain_env(jssdk)}
+
+
+def k8s_settings(tmp_path: Path) -> Settings:
+    spec = pod_spec()
+    secret_volume = next(v for v in spec["volumes"] if v["name"] == "secrets")["secret"]
+    mount = next(m for m in container(spec, "jssdk")["volumeMounts"] if m["name"] == "secrets")
+    (item,) = secret_volume["items"]
+    return service_settings(k8s_env(), tmp_path, f"{mount['mountPath']}/{item['path']}")
+
+
+def systemd_env() -> dict[str, str]:
+    """The unit's Environment= lines, then the example EnvironmentFile=, which wins."""
+    env = dict(pair.split("=", 1) for line in unit_values("Environment") for pair in shlex.split(line))
+    return {**env, **env_file(DEPLOY / "systemd" / "jssdk.env.example")}
+
+
+def systemd_settings(tmp_path: Path) -> Settings:
+    (credential,) = unit_values("LoadCredential")
+    return service_settings(systemd_env(), tmp_path, f"%d/{credential.partition(':')[0]}")
+
+
+def seconds(duration: str | int) -> float:
+    """A duration as Compose (`1m30s`), systemd (`30`, `30s`) or Kubernetes (an integer) writes it."""
+    found = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s?)?", str(duration).strip())
+    assert found is not None and any(found.groups()), f"not a duration: {duration!r}"
+    minutes, secs = found.groups()
+    return 60 * int(minutes or 0) + int(secs or 0)
+
+
+def longest_stop(settings: Settings) -> float:
+    """The longest a stop may take: the drain, then what the supervisor allows a worker for the rest.
+
+    `serve --workers` kills a worker still running `drain + request_wait + 10` s after its SIGTERM
+    (server.Workers.stop_timeout); one process finishes its requests within `request_wait + 5` s of the drain.
+    """
+    return settings.drain_seconds + settings.request_wait + 10
+
+
+def template_directive(name: str, block: str = "server") -> str:
+    """The value of `name` in the template's first `block {}` (`upstream`, `server`)."""
+    body = re.search(rf"^{block}\b[^{{]*\{{(.*?)^\}}", TEMPLATE.read_text(), re.MULTILINE | re.DOTALL)
+    assert body is not None, f"the template has no {block} block"
+    found = re.findall(rf"^\s*{name}\s+([^;]+);", body.group(1), re.MULTILINE)
+    assert len(found) == 1, f"expected one {name} in the {block} block, found {found}"
+    return str(found[0]).strip()
+
+
 # -- the image ---------------------------------------------------------------------------------
 
 
@@ -208,10 +273,8 @@ def test_compose_puts_the_sidecar_in_front_of_the_service(tmp_path: Path) -> Non
     assert set(services) == {"nginx", "jssdk", "redis"}
     nginx, jssdk = services["nginx"], services["jssdk"]
     dotenv = env_file(DEPLOY / ".env.example")
-    env = {name: interpolate(str(value), dotenv) for name, value in jssdk["environment"].items()}
-    assert_service_env(env)
-    (secret_name,) = jssdk["secrets"]
-    settings = service_settings({**dockerfile_env(), **env}, tmp_path, f"/run/secrets/{secret_name}")
+    assert_service_env(compose_env())
+    settings = compose_settings(tmp_path)
 
     assert jssdk["network_mode"] == "service:nginx" and "ports" not in jssdk
     assert nginx["image"].startswith("nginx:")
@@ -266,14 +329,9 @@ def test_k8s_service_container_env_ports_and_probes(tmp_path: Path) -> None:
     """The service container reads only known variables, listens on its named port and is probed on /healthz and /readyz."""
     spec = pod_spec()
     jssdk = container(spec, "jssdk")
-    (config_ref,) = jssdk["envFrom"]
-    config = k8s_object("ConfigMap", config_ref["configMapRef"]["name"])["data"]
-    env = {**dockerfile_env(), **config, **plain_env(jssdk)}
-    assert_service_env([*env, *(e["name"] for e in jssdk["env"])])
+    assert_service_env([*k8s_env(), *(e["name"] for e in jssdk["env"])])
     secret_volume = next(v for v in spec["volumes"] if v["name"] == "secrets")["secret"]
-    mount = next(m for m in jssdk["volumeMounts"] if m["name"] == "secrets")
-    (item,) = secret_volume["items"]
-    settings = service_settings(env, tmp_path, f"{mount['mountPath']}/{item['path']}")
+    settings = k8s_settings(tmp_path)
 
     assert spec["enableServiceLinks"] is False
     assert port_of(jssdk, "service") == settings.port and settings.host == "0.0.0.0"
@@ -333,11 +391,76 @@ def test_the_systemd_unit_runs_the_service_on_loopback_with_its_secret_as_a_cred
     name, _, source = credential.partition(":")
     assert env["JSSDK_APP_SECRET_FILE"] == f"%d/{name}" and source.startswith("/etc/jssdk-service/")
     assert unit_values("EnvironmentFile") == ["/etc/jssdk-service/jssdk.env"]
-    example = env_file(DEPLOY / "systemd" / "jssdk.env.example")
-    assert_service_env({**env, **example})
-    settings = service_settings({**env, **example}, tmp_path, f"%d/{name}")
+    assert_service_env(systemd_env())
+    settings = systemd_settings(tmp_path)
     assert (settings.host, settings.port) == ("127.0.0.1", 8080)
     assert systemd_unit()["Install"] == [("WantedBy", "multi-user.target")]
+
+
+# -- limits, timeouts and stopping -------------------------------------------------------------
+
+
+def test_the_open_file_limit_is_raised_where_the_deployment_sets_it() -> None:
+    """The systemd unit sets LimitNOFILE=65536 and the Compose file the same nofile ulimit for the service."""
+    assert unit_values("LimitNOFILE") == ["65536"]
+    nofile = compose()["services"]["jssdk"]["ulimits"]["nofile"]
+    assert (nofile["soft"], nofile["hard"]) == (65536, 65536)
+
+
+def test_the_workers_metrics_live_in_memory_where_the_root_filesystem_is_read_only(tmp_path: Path) -> None:
+    """JSSDK_METRICS_DIR is a tmpfs in Compose, an in-memory emptyDir in Kubernetes, the RuntimeDirectory in systemd."""
+    jssdk = compose()["services"]["jssdk"]
+    assert jssdk["read_only"] is True
+    directory = compose_settings(tmp_path).metrics_dir
+    assert directory is not None and directory in [entry.split(":", 1)[0] for entry in jssdk["tmpfs"]]
+
+    spec = pod_spec()
+    service = container(spec, "jssdk")
+    assert service["securityContext"]["readOnlyRootFilesystem"] is True
+    directory = k8s_settings(tmp_path).metrics_dir
+    (mount,) = [m for m in service["volumeMounts"] if m["mountPath"] == directory]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    assert volume["emptyDir"]["medium"] == "Memory" and not mount.get("readOnly")
+
+    assert unit_values("ProtectSystem") == ["strict"]
+    (runtime,) = unit_values("RuntimeDirectory")
+    assert systemd_settings(tmp_path).metrics_dir == f"%t/{runtime}"
+
+
+def test_every_deployment_gives_a_stop_more_time_than_the_drain_and_the_requests_in_progress(tmp_path: Path) -> None:
+    """stop_grace_period, terminationGracePeriodSeconds and TimeoutStopSec exceed the drain plus the shutdown."""
+    grace = {
+        "compose": (seconds(compose()["services"]["jssdk"]["stop_grace_period"]), compose_settings(tmp_path)),
+        "k8s": (seconds(pod_spec()["terminationGracePeriodSeconds"]), k8s_settings(tmp_path)),
+        "systemd": (seconds(unit_values("TimeoutStopSec")[-1]), systemd_settings(tmp_path)),
+    }
+    for where, (allowed, settings) in grace.items():
+        assert settings.drain_seconds > 0, where
+        assert allowed > longest_stop(settings), f"{where}: {allowed}s, a stop may take {longest_stop(settings)}s"
+
+
+def test_the_sidecar_keeps_accepting_during_the_pods_removal_and_stops_before_the_service(tmp_path: Path) -> None:
+    """nginx's preStop sleeps less than the service drains, and its sleep plus a proxied request fits the grace period."""
+    spec = pod_spec()
+    nginx, service = container(spec, "nginx"), container(spec, "jssdk")
+    command = nginx["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep" and len(command) == 2
+    sleep = seconds(command[1])
+    settings = k8s_settings(tmp_path)
+    assert 0 < sleep < settings.drain_seconds
+    assert sleep + seconds(template_directive("proxy_read_timeout")) < seconds(spec["terminationGracePeriodSeconds"])
+    assert "lifecycle" not in service, "the service drains on SIGTERM: a preStop would only delay /readyz 503"
+    assert service["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+def test_nginx_closes_idle_upstream_connections_before_the_service_does(tmp_path: Path) -> None:
+    """The upstream block keeps connections alive and times them out below every deployment's JSSDK_KEEPALIVE_TIMEOUT."""
+    assert int(template_directive("keepalive", "upstream")) > 0
+    nginx_idle = seconds(template_directive("keepalive_timeout", "upstream"))
+    assert nginx_idle == 60
+    assert Settings(accounts=()).keepalive_timeout > nginx_idle
+    for settings in (compose_settings(tmp_path), k8s_settings(tmp_path), systemd_settings(tmp_path)):
+        assert settings.keepalive_timeout > nginx_idle
 
 
 # -- against the running service ---------------------------------------------------------------

@@ -102,6 +102,9 @@ async def test_a_signature_from_an_earlier_ticket_is_stale(
     sandbox.ticket_expires_in = 2
     service = await start_service()
     evidence = await signed(http, service, PAGE)
+    # Only the first ticket is short-lived: its successor outlives the test, so no third one arrives
+    # (a first ticket may be renewed after a third of its life, its successor again before it expires).
+    sandbox.ticket_expires_in = 7200
     credentials = service.credentials()
     deadline = time.monotonic() + 5
     while len(credentials.recent_tickets) < 2:
@@ -214,6 +217,47 @@ async def test_the_appid_must_be_the_one_whose_ticket_signed(
     answer = await ask(http, service, url=PAGE, **{**evidence, "appId": "wx0000000000000000"})
     assert codes(answer) == ["app_id_mismatch"]
     assert codes(await ask(http, service, url=PAGE, **evidence)) == ["signature_valid"]
+
+
+async def test_with_several_accounts_only_the_named_accounts_tickets_are_tried(
+    start_service: ServiceFactory, sandbox: WeChatSandbox, http: aiohttp.ClientSession
+) -> None:
+    """The appId's account alone is re-computed with: another account's ticket, off the page's host, is never tried."""
+    other = make_account(name="other", app_id=OTHER_APP_ID, secret=Secret(OTHER_SECRET), allowed_hosts=("shop.test",))
+    service = await start_service(accounts=(make_account(), other))
+    own = await signed(http, service, "https://shop.test/cart", app="other")
+    answer = await ask(http, service, url="https://shop.test/cart", **own)
+    assert codes(answer) == ["signature_valid"]
+    assert OTHER_APP_ID in by_code(answer, "signature_valid")["message"]
+    # The same nonce and timestamp signed for PAGE with the other account's ticket, passed with main's appId.
+    evidence = await signed(http, service, PAGE)
+    ticket = max(sandbox.tickets(OTHER_APP_ID), key=lambda t: t.issued_at).value
+    foreign = {**evidence, "signature": sign_as_given(ticket, evidence, PAGE)}
+    answer = await ask(http, service, url=PAGE, **foreign)
+    assert codes(answer) == ["signature_mismatch"]
+    assert APP_ID in by_code(answer, "signature_mismatch")["message"]
+    assert OTHER_APP_ID not in str(answer)
+    assert codes(await ask(http, service, url=PAGE, **evidence)) == ["signature_valid"]
+
+
+async def test_with_several_accounts_the_appid_is_needed_unless_the_host_tells(
+    start_service: ServiceFactory, http: aiohttp.ClientSession
+) -> None:
+    """Without appId the doctor uses the only account signing for the page's host, else says it needs the appId."""
+    other = make_account(name="other", app_id=OTHER_APP_ID, secret=Secret(OTHER_SECRET), allowed_hosts=("example.com",))
+    service = await start_service(accounts=(make_account(), other))
+    evidence = await signed(http, service, PAGE)
+    del evidence["appId"]
+    answer = await ask(http, service, url=PAGE, **evidence)
+    assert codes(answer) == ["signature_not_checked"]
+    assert "send appId" in by_code(answer, "signature_not_checked")["message"]
+    localhost = "http://localhost/p"
+    evidence = await signed(http, service, localhost)
+    del evidence["appId"]
+    assert codes(await ask(http, service, url=localhost, **evidence)) == ["signature_valid"]
+    answer = await ask(http, service, url="https://evil.test/p")
+    assert codes(answer) == ["host_not_allowed"]
+    assert "any account of this service" in by_code(answer, "host_not_allowed")["message"]
 
 
 @pytest.mark.parametrize(

@@ -78,6 +78,40 @@ def test_parent_domains_cover_subdomains_only(host: str, allowed: bool) -> None:
     assert host_allowed(host, ["example.com"]) is allowed
 
 
+@pytest.mark.parametrize(
+    ("host", "domains", "allowed"),
+    [
+        ("127.0.0.1", ("127.0.0.1",), True),
+        ("evil.127.0.0.1", ("127.0.0.1",), False),
+        ("a.b.127.0.0.1", ("127.0.0.1",), False),
+        ("evil.0.0.1", ("0.0.1",), False),
+        ("evil.0x7f000001", ("0x7f000001",), False),
+        ("10.0.0.1", ("0.0.1", "0.1", "1"), False),
+        ("[::1]", ("[::1]",), True),
+        ("[::ffff:1.2.3.4]", ("2.3.4]", "3.4]"), False),
+        ("[::ffff:1.2.3.4]", ("[::ffff:1.2.3.4]",), True),
+        ("::ffff:1.2.3.4", ("2.3.4", "3.4"), False),
+        ("a.example.com", ("127.0.0.1", "example.com"), True),
+    ],
+)
+def test_an_ip_address_matches_itself_only(host: str, domains: tuple[str, ...], allowed: bool) -> None:
+    """An IPv4 or IPv6 literal is allowed only when listed itself: an IP host is no subdomain of anything."""
+    assert host_allowed(host, domains) is allowed
+
+
+def test_ip_literals_from_parsed_urls_match_themselves_only() -> None:
+    """Hosts as the URL parser gives them: an IP domain covers that address alone, a name still its subdomains."""
+    domains = ("127.0.0.1", "[::1]", "example.com")
+    for url, allowed in [
+        ("http://127.0.0.1/p", True),
+        ("http://evil.127.0.0.1/p", False),
+        ("http://[::1]:8080/p", True),
+        ("http://[::2]/p", False),
+        ("https://m.example.com/p", True),
+    ]:
+        assert host_allowed(parse_page_url(url).host, domains) is allowed, url
+
+
 def test_require_allowed_names_the_host() -> None:
     """A refused host is named in the error."""
     with pytest.raises(HostNotAllowed, match=r"evil\.com"):

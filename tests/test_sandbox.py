@@ -9,7 +9,7 @@ import httpx
 
 from jssdk_service.sandbox import WeChatSandbox
 
-from .conftest import APP_ID, SECRET
+from .conftest import APP_ID, OTHER_APP_ID, OTHER_SECRET, SECRET
 
 
 async def token(client: httpx.AsyncClient, base: str, **overrides: Any) -> dict[str, Any]:
@@ -118,3 +118,67 @@ async def test_faults_can_be_injected(sandbox: WeChatSandbox, sandbox_url: str) 
         sandbox.faults.http500_rate = 1.0
         assert (await client.get(f"{sandbox_url}/cgi-bin/token")).status_code == 500
     assert [c.errcode for c in sandbox.calls] == [-1, 500, 45011, 0, 500]
+
+
+async def test_counts_and_tickets_are_kept_per_account(sandbox: WeChatSandbox, sandbox_url: str) -> None:
+    """count() and tickets() answer per account and outcome exactly as the call record says."""
+    sandbox.faults.script.extend([-1])
+    async with httpx.AsyncClient() as client:
+        assert (await stable(client, sandbox_url))["errcode"] == -1
+        mine = (await stable(client, sandbox_url))["access_token"]
+        theirs = (await stable(client, sandbox_url, appid=OTHER_APP_ID, secret=OTHER_SECRET))["access_token"]
+        for _ in range(2):
+            assert (await ticket(client, sandbox_url, mine))["errcode"] == 0
+        assert (await ticket(client, sandbox_url, theirs))["errcode"] == 0
+        assert (await ticket(client, sandbox_url, "made-up"))["errcode"] == 40001
+    for api in ("stable_token", "getticket", "token"):
+        for app_id in (APP_ID, OTHER_APP_ID, "", None):
+            for ok_only in (False, True):
+                expected = sum(1 for c in sandbox.calls if c.api == api and app_id in (None, c.app_id)
+                               and (not ok_only or c.errcode == 0))  # fmt: skip
+                assert sandbox.count(api, app_id, ok_only=ok_only) == expected
+    assert sandbox.count("stable_token", APP_ID) == 2 and sandbox.count("stable_token", APP_ID, ok_only=True) == 1
+    assert [t.app_id for t in sandbox.tickets(APP_ID)] == [APP_ID, APP_ID]
+    assert len(sandbox.tickets(OTHER_APP_ID)) == 1
+    sandbox.knock_out_tokens(APP_ID)
+    async with httpx.AsyncClient() as client:
+        assert (await ticket(client, sandbox_url, mine))["errcode"] == 40001
+        assert (await ticket(client, sandbox_url, theirs))["errcode"] == 0
+
+
+async def test_stats_report_calls_and_tickets_per_second(sandbox: WeChatSandbox, sandbox_url: str) -> None:
+    """GET /sandbox/stats counts each API's ok and failed calls and buckets tickets by the second they were issued."""
+    sandbox.faults.script.extend(["http500"])
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(f"{sandbox_url}/cgi-bin/token")).status_code == 500
+        access_token = (await stable(client, sandbox_url))["access_token"]
+        assert (await ticket(client, sandbox_url, access_token))["errcode"] == 0
+        assert (await ticket(client, sandbox_url, access_token))["errcode"] == 0
+        stats = (await client.get(f"{sandbox_url}/sandbox/stats")).json()
+    assert stats["calls"] == {"token": {"ok": 0, "failed": 1}, "stable_token": {"ok": 1, "failed": 0},
+                              "getticket": {"ok": 2, "failed": 0}}  # fmt: skip
+    expected: dict[str, int] = {}
+    for issued in sandbox.tickets(APP_ID):
+        second = str(int(issued.issued_at))
+        expected[second] = expected.get(second, 0) + 1
+    assert stats["ticketsIssuedPerSecond"] == expected and sum(expected.values()) == 2
+    assert stats["inFlight"] == 0 and stats["peakInFlight"] == 1
+
+
+async def test_in_flight_counts_calls_held_by_the_delay(sandbox: WeChatSandbox, sandbox_url: str) -> None:
+    """Calls waiting out the injected delay are in flight; the peak keeps the most seen at once."""
+    sandbox.faults.delay = 0.6
+    async with httpx.AsyncClient() as client:
+        calls = [asyncio.create_task(stable(client, sandbox_url)) for _ in range(5)]
+        for _ in range(50):
+            if sandbox.in_flight == 5:
+                break
+            await asyncio.sleep(0.01)
+        assert sandbox.in_flight == 5
+        during = (await client.get(f"{sandbox_url}/sandbox/stats")).json()
+        answers = await asyncio.gather(*calls)
+        after = (await client.get(f"{sandbox_url}/sandbox/stats")).json()
+    assert all("access_token" in a for a in answers)
+    assert during["inFlight"] == 5 and during["peakInFlight"] == 5
+    assert after["inFlight"] == 0 and after["peakInFlight"] == 5
+    assert sandbox.in_flight == 0 and sandbox.peak_in_flight == 5
