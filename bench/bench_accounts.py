@@ -39,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -133,6 +134,8 @@ class Measurement:
     life_ticket: float | None = None
     busiest: int | None = None
     average: float | None = None
+    stall: tuple[float, float, float, float] | None = None
+    """signature p99 and max latency (ms) without, then during, back-to-back /metrics scrapes"""
 
 
 def say(text: str) -> None:
@@ -333,6 +336,40 @@ def wrk(base: str, script: Path, seconds: int) -> float:
     return float(found.group(1))
 
 
+def wrk_latency(base: str, script: Path, seconds: int) -> tuple[float, float]:
+    """The p99 and the max latency (ms) of a `wrk --latency` run."""
+    command = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-s", str(script), base]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    unit = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    latency = re.search(r"Latency\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)\b", out)
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", out)
+    if latency is None or p99 is None:
+        raise BenchError(f"wrk printed no latency:\n{out}")
+    return float(p99.group(1)) * unit[p99.group(2)], float(latency.group(1)) * unit[latency.group(2)]
+
+
+def scrape_stall(pair: Pair, workdir: Path, seconds: int) -> tuple[float, float, float, float]:
+    """Signature p99 and max latency with no scrape, then while /metrics is scraped back to back."""
+    script = wrk_script(workdir, pair.accounts)
+    quiet = wrk_latency(pair.service, script, seconds)
+    stop = threading.Event()
+
+    def scrape() -> None:
+        while not stop.is_set():
+            fetch(f"{pair.service}/metrics", timeout=60)
+
+    scraper = threading.Thread(target=scrape, daemon=True)
+    scraper.start()
+    try:
+        busy = wrk_latency(pair.service, script, seconds)
+    finally:
+        stop.set()
+        scraper.join()
+    say(f"  signature p99/max {quiet[0]:.2f}/{quiet[1]:.2f} ms without scrapes, "
+        f"{busy[0]:.2f}/{busy[1]:.2f} ms during back-to-back /metrics scrapes")  # fmt: skip
+    return (*quiet, *busy)
+
+
 def wrk_script(workdir: Path, accounts: int) -> Path:
     path = workdir / f"random-{accounts}.lua"
     path.write_text(WRK_SCRIPT.replace("{count}", str(accounts)))
@@ -406,6 +443,7 @@ def measure(
             f"busiest second {result.busiest} tickets, average {result.average:.2f}/s; "
             f"RSS now {rss_mb(pair.process.pid):.1f} MB")  # fmt: skip
     result.rps, result.baseline_rps, result.ratio = throughput(pair, baseline, workdir, args.seconds, args.rounds)
+    result.stall = scrape_stall(pair, workdir, args.seconds)
     return result
 
 
@@ -456,6 +494,10 @@ def report(results: list[Measurement], concurrency: int) -> None:
                            r.busiest <= 2 * r.average))  # fmt: skip
         if r.accounts == 10000:
             checks.append((f"random-account throughput {r.ratio:.2f}x N=1 (>= 0.9x)", r.ratio >= 0.9))
+        if r.stall is not None:
+            checks.append((f"a /metrics scrape adds {r.stall[3] - r.stall[1]:.1f} ms to the slowest signature "
+                           f"(p99 {r.stall[0]:.2f} -> {r.stall[2]:.2f} ms; a few ms at most)",
+                           r.stall[3] - r.stall[1] <= 10))  # fmt: skip
         for text, ok in checks:
             say(f"  N={r.accounts:<5} {'ok    ' if ok else 'MISSED'} {text}")
 

@@ -149,10 +149,7 @@ class AccountCredentials:
         ticket = self.usable_ticket(self._clock())
         if ticket is not None:
             return ticket
-        flight = self._flight
-        if flight is None:
-            self._raise_while_blocked()
-            flight = self._start_refresh()
+        flight = self._running_refresh()
         if self._turn is not None:
             self._scheduler.hurry(self._turn)
         try:
@@ -175,18 +172,17 @@ class AccountCredentials:
                 with contextlib.suppress(UpstreamError):
                     await asyncio.shield(self._flight)
             return await asyncio.shield(self._start_refresh(force=True, new_token=new_token))
-        flight = self._flight
-        if flight is None:
-            self._raise_while_blocked()
-            flight = self._start_refresh()
-        return await asyncio.shield(flight)
+        return await asyncio.shield(self._running_refresh())
 
-    def _raise_while_blocked(self) -> None:
-        """Raise the last error while the retry schedule holds new attempts back."""
+    def _running_refresh(self) -> asyncio.Task[JsapiTicket]:
+        """The refresh in flight, or a new one; the last error while the retry schedule holds new ones back."""
+        if self._flight is not None:
+            return self._flight
         now = self._clock()
         if now < self._blocked_until and self._error is not None:
             self._error.retry_after = self._blocked_until - now
             raise self._error
+        return self._start_refresh()
 
     def _start_refresh(self, *, force: bool = False, new_token: bool = False) -> asyncio.Task[JsapiTicket]:
         self._turn = turn = self._scheduler.turn()
@@ -417,6 +413,7 @@ class AccountCredentials:
     def status(self) -> AccountStatus:
         now = self._clock()
         ticket, token, error = self._ticket, self._token, self._error
+        ticket_ttl, token_ttl = self.ttls(now)
         usable = ticket is not None and ticket.usable(now)
         if usable:
             reason = "ok"
@@ -429,8 +426,8 @@ class AccountCredentials:
             app_id=self.account.app_id,
             ready=usable,
             reason=reason,
-            ticket_expires_in=None if ticket is None else round(ticket.expires_at - now, 1),
-            token_expires_in=None if token is None else round(token.expires_at - now, 1),
+            ticket_expires_in=ticket_ttl,
+            token_expires_in=token_ttl,
             ticket_age=None if ticket is None else round(now - ticket.obtained_at, 1),
             token_age=None if token is None else round(now - token.obtained_at, 1),
             last_refresh=self._last_refresh,

@@ -15,18 +15,19 @@ the URL asked for ("unmatched" for everything that matched no route), so label s
 Per account there are two TTL series and one upstream series per API and outcome seen (two while
 all is well): about four series an account, some 3 MB of text at 10,000 accounts. They are kept
 because they are what an operator alerts on per account (a ticket close to expiry, an account's
-calls failing). What grows with the accounts is built when /metrics is scraped, in a worker thread
-(`exposition`), so a scrape holds the event loop for no more than the interpreter's switch
+calls failing). What grows with the accounts is written out directly when /metrics is scraped
+(prometheus_client takes some 13 us a sample, most of a second at 10,000 accounts), in a worker
+thread (`exposition`), so a scrape holds the event loop for no more than the interpreter's switch
 interval at a time; nothing per account is kept up to date between scrapes.
 
-The two HTTP metrics are counted on the hot path, so they are plain numbers (`RouteStats`) turned
-into samples only when /metrics is scraped: prometheus_client's locked values cost a warm
-/v1/signature several percent of its throughput, a few additions do not. The other metrics are
-prometheus_client's own.
+The HTTP metrics and the upstream calls are counted as they happen, so they are plain numbers
+(`RouteStats`, `_UPSTREAM`) turned into samples only when /metrics is scraped: prometheus_client's
+locked values cost a warm /v1/signature several percent of its throughput, a few additions do not.
+The reports are prometheus_client's own.
 
 With `serve --workers N` every process serves /metrics: `PROMETHEUS_MULTIPROC_DIR` is set before
 the workers start (and so before prometheus_client is imported), each process keeps its samples in
-files there (its HTTP numbers in `jssdk_http_<pid>.json`, rewritten every second), and
+files there (its HTTP and upstream numbers in `jssdk_http_<pid>.json`, rewritten every second), and
 `exposition()` adds up every process's, including those of workers that have exited. Credential
 lifetimes, accounts and upstream slots are read when /metrics is scraped, from the process that
 answers; a TTL of NaN means that process holds no such credential (one that took the ticket from

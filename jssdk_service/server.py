@@ -299,16 +299,30 @@ async def supervise(settings: Settings, *, workers: int, sandbox: SandboxOptions
     that every worker talks to the same emulator. SIGHUP replaces the workers one at a time; SIGTERM
     or SIGINT stops them (each drains first); a second one kills them at once.
     """
-    sandbox_server = None
-    if sandbox is not None:
-        sandbox_server, settings = await start_sandbox(settings, sandbox)
     metrics_dir = None
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         metrics_dir = metrics_directory(settings.metrics_dir, os.environ)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    sock = _listening_socket(settings.host, settings.port)
+
+    def remove_metrics_dir() -> None:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+    sandbox_server = None
+    try:
+        sock = _listening_socket(settings.host, settings.port)
+        if sandbox is not None:
+            sandbox_server, settings = await start_sandbox(settings, sandbox)
+    except BaseException:
+        remove_metrics_dir()
+        raise
     pool = Workers(settings, sock, demo=sandbox is not None)
-    signals = Signals((signal.SIGTERM, signal.SIGINT), on_second=pool.kill_all)
+
+    def kill_now() -> None:
+        pool.kill_all()
+        remove_metrics_dir()
+
+    signals = Signals((signal.SIGTERM, signal.SIGINT), on_second=kill_now)
     signals.listen_for_hangup()
     pool.start_all(workers)
     log.info("jssdk-service: %d workers on http://%s:%d", workers, settings.host, settings.port)
@@ -326,8 +340,7 @@ async def supervise(settings: Settings, *, workers: int, sandbox: SandboxOptions
         sock.close()
         if sandbox_server is not None:
             await sandbox_server.stop()
-        if metrics_dir is not None:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+        remove_metrics_dir()
 
 
 def metrics_directory(configured: str | None, env: Mapping[str, str]) -> str:
