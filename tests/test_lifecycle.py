@@ -335,8 +335,9 @@ def private_mount_namespace() -> list[str]:
 
 
 def read_only(*directories: str) -> list[str]:
-    """`sh -c` mounting an empty read-only tmpfs on each of `directories`, then running its arguments."""
-    mounts = "".join(f"mount -t tmpfs -o ro tmpfs {directory} && " for directory in directories)
+    """`sh -c` making each of `directories` read-only, then running its arguments. A read-only bind of
+    the directory onto itself keeps what is in it (this checkout, its venv) where it is."""
+    mounts = "".join(f"mount --bind {d} {d} && mount -o remount,ro,bind {d} && " for d in directories)
     return ["sh", "-c", f'{mounts}exec "$@"', "sh"]
 
 
