@@ -215,7 +215,9 @@ def wait_until_answers(url: str, process: subprocess.Popen[bytes], log: Path, ti
         time.sleep(0.02)
 
 
-def start_pair(stack: ExitStack, workdir: Path, accounts: int, lifetime: int, concurrency: int, secret: str) -> Pair:
+def start_pair(
+    stack: ExitStack, workdir: Path, accounts: int, lifetime: int, concurrency: int, secret: str, delay: float = DELAY
+) -> Pair:
     """Start the sandbox and the service for `accounts` accounts; return once the service's port answers."""
     tag = f"n{accounts}-{len(list(workdir.iterdir()))}"
     config, ids = workdir / f"{tag}.toml", workdir / f"{tag}.ids"
@@ -226,7 +228,7 @@ def start_pair(stack: ExitStack, workdir: Path, accounts: int, lifetime: int, co
     env = base_env(secret)
     sandbox_log_path = workdir / f"{tag}.sandbox.log"
     sandbox_log = stack.enter_context(sandbox_log_path.open("w"))
-    command = [sys.executable, "-c", SANDBOX_SERVER, str(ids), SECRET_ENV, str(sandbox_port), str(lifetime), str(DELAY)]
+    command = [sys.executable, "-c", SANDBOX_SERVER, str(ids), SECRET_ENV, str(sandbox_port), str(lifetime), str(delay)]
     sandbox = stack.enter_context(spawn(command, env, sandbox_log))
     wait_until_answers(f"{sandbox_base}/sandbox/stats", sandbox, sandbox_log_path, 60)
     env.update(JSSDK_WECHAT_API_BASE=sandbox_base, JSSDK_UPSTREAM_CONCURRENCY=str(concurrency),
@@ -410,12 +412,12 @@ def measure(
     stack: ExitStack, workdir: Path, baseline: Pair, accounts: int, lifetime: int, args: argparse.Namespace,
     secret: str,
 ) -> Measurement:  # fmt: skip
-    cold_start = 2 * accounts * DELAY / args.concurrency
+    cold_start = 2 * accounts * args.delay / args.concurrency
     say(f"\n== {accounts} account(s): lifetime {lifetime} s, upstream concurrency {args.concurrency}, "
-        f"{DELAY} s per upstream call (cold start >= {cold_start:.0f} s)")  # fmt: skip
+        f"{args.delay} s per upstream call (cold start >= {cold_start:.0f} s)")  # fmt: skip
     if lifetime < 1.5 * cold_start:
         say(f"  warning: a lifetime of {lifetime} s leaves little room for a {cold_start:.0f} s cold start")
-    pair = start_pair(stack, workdir, accounts, lifetime, args.concurrency, secret)
+    pair = start_pair(stack, workdir, accounts, lifetime, args.concurrency, secret, args.delay)
     say(f"  port answered in {pair.port_s:.2f} s")
     ready_s = wait_ready(pair, args.ready_timeout)
     ready_at = time.time()
@@ -512,6 +514,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16, help="JSSDK_UPSTREAM_CONCURRENCY")
     parser.add_argument("--seconds", type=int, default=5, help="seconds per wrk round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--delay", type=float, default=DELAY, help="seconds every upstream call takes (default 0.3)")
     parser.add_argument("--ready-timeout", type=float, default=1800, help="give up waiting for /readyz after S")
     args = parser.parse_args()
     try:

@@ -16,9 +16,9 @@ Per account there are two TTL series and one upstream series per API and outcome
 all is well): about four series an account, some 3 MB of text at 10,000 accounts. They are kept
 because they are what an operator alerts on per account (a ticket close to expiry, an account's
 calls failing). What grows with the accounts is written out directly when /metrics is scraped
-(prometheus_client takes some 13 us a sample, most of a second at 10,000 accounts), in a worker
-thread (`exposition`), so a scrape holds the event loop for no more than the interpreter's switch
-interval at a time; nothing per account is kept up to date between scrapes.
+(prometheus_client takes some 13 us a sample, most of a second at 10,000 accounts), a chunk at a
+time between turns of the event loop (`exposition`), so a scrape holds a signature up by a few
+milliseconds at most; nothing per account is kept up to date between scrapes.
 
 The HTTP metrics and the upstream calls are counted as they happen, so they are plain numbers
 (`RouteStats`, `_UPSTREAM`) turned into samples only when /metrics is scraped: prometheus_client's
@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -60,6 +59,8 @@ UNMATCHED_ROUTE = "unmatched"
 # Read once, as prometheus_client does: the supervisor sets it before it spawns the workers.
 MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 PUBLISH_EVERY = 1.0
+# Lines of per-account series written between two turns of the event loop (a few milliseconds).
+CHUNK = 250
 # Warm signatures take well under a millisecond; a cold one waits for WeChat for up to seconds.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -85,10 +86,9 @@ class RouteStats:
         self.seconds = 0.0
 
     def to_record(self) -> dict[str, Any]:
-        """A copy, safe to take from another thread: list() of a dict and of a list is one step under the GIL."""
         return {
-            "statuses": {str(k): v for k, v in list(self.statuses.items())},
-            "buckets": list(self.buckets),
+            "statuses": {str(k): v for k, v in self.statuses.items()},
+            "buckets": self.buckets,
             "seconds": self.seconds,
         }
 
@@ -102,35 +102,50 @@ def route_stats(route: str) -> RouteStats:
 
 
 def _this_process() -> dict[str, Any]:
-    """This process's counts, as published for the other workers (a copy, safe to take from a thread)."""
+    """This process's counts, as published for the other workers."""
     return {
-        "routes": {route: stats.to_record() for route, stats in list(_ROUTES.items())},
-        "upstream": [[*labels, count] for labels, count in list(_UPSTREAM.items())],
+        "routes": {route: stats.to_record() for route, stats in _ROUTES.items()},
+        "upstream": [[*labels, count] for labels, count in _UPSTREAM.items()],
     }
 
 
-def _records(directory: str | None) -> list[dict[str, Any]]:
-    """Every process's counts: this one's, or with workers, the published ones of every worker."""
+Calls = dict[tuple[str, str, str], int]
+
+
+async def _counts(directory: str | None) -> tuple[list[dict[str, Any]], Calls]:
+    """Every process's route stats and upstream calls: this one's, or with workers, every worker's."""
     if directory is None:
-        return [_this_process()]
+        return [{route: stats.to_record() for route, stats in _ROUTES.items()}], dict(_UPSTREAM)
+    routes: list[dict[str, Any]] = []
+    calls: Calls = {}
+    for published in _published(directory):
+        record = orjson.loads(published)
+        routes.append(record["routes"])
+        for app, api, outcome, count in record["upstream"]:
+            calls[(app, api, outcome)] = calls.get((app, api, outcome), 0) + count
+        await asyncio.sleep(0)  # a worker's file holds a line per account and API: one at a time
+    return routes, calls
+
+
+def _published(directory: str) -> list[bytes]:
+    """What every worker published in `directory` (memory-backed: reading it does not block), this one now."""
     publish_http_stats(directory)
-    return [orjson.loads(path.read_bytes()) for path in Path(directory).glob("jssdk_http_*.json")]
+    return [path.read_bytes() for path in Path(directory).glob("jssdk_http_*.json")]
 
 
 class _HttpCollector(Collector):
     """`jssdk_http_requests_total` and `jssdk_http_request_duration_seconds` from the route stats."""
 
-    def __init__(self, directory: str | None) -> None:
-        self._directory = directory
+    def __init__(self, routes: list[dict[str, Any]]) -> None:
+        self._routes = routes
 
     def collect(self) -> Iterator[Metric]:
-        records = [record["routes"] for record in _records(self._directory)]
         requests = CounterMetricFamily("jssdk_http_requests", "HTTP requests answered, by route and status",
                                        labels=["route", "status"])  # fmt: skip
         latency = HistogramMetricFamily("jssdk_http_request_duration_seconds",
                                         "Time from a request's handler start to its response, by route",
                                         labels=["route"])  # fmt: skip
-        for route, (statuses, buckets, seconds) in sorted(_add_up(records).items()):
+        for route, (statuses, buckets, seconds) in sorted(_add_up(self._routes).items()):
             for status, count in sorted(statuses.items()):
                 requests.add_metric([route, status], count)
             cumulative, total = [], 0
@@ -155,14 +170,10 @@ def _add_up(records: Iterable[dict[str, Any]]) -> dict[str, tuple[dict[str, int]
     return totals
 
 
-REGISTRY.register(_HttpCollector(None))
-
-
 def publish_http_stats(directory: str) -> None:
     """Write this process's HTTP numbers where every process's /metrics finds them (atomically)."""
     target = Path(directory) / f"jssdk_http_{os.getpid()}.json"
-    # The loop's publisher and a scrape's worker thread may both write: each has its own partial file.
-    partial = target.with_suffix(f".{threading.get_ident()}.partial")
+    partial = target.with_suffix(".partial")
     partial.write_bytes(orjson.dumps(_this_process()))
     partial.replace(target)
 
@@ -195,47 +206,54 @@ def _label(value: str) -> str:
     return value
 
 
-def _per_account_text(records: list[dict[str, Any]], accounts: Sequence[AccountCredentials], now: float) -> bytes:
-    """The series that grow with the accounts, written out directly: upstream calls and credential TTLs."""
-    calls: dict[tuple[str, str, str], int] = {}
-    for record in records:
-        for app, api, outcome, count in record["upstream"]:
-            calls[(app, api, outcome)] = calls.get((app, api, outcome), 0) + count
-    lines = [
-        "# HELP jssdk_upstream_calls_total HTTP calls to WeChat by outcome: ok, the errcode, http_<status> or the "
-        "exception name\n# TYPE jssdk_upstream_calls_total counter\n"
+async def _per_account_text(
+    calls: Calls, accounts: Sequence[AccountCredentials], now: float
+) -> tuple[list[bytes], int]:
+    """The series that grow with the accounts, written out directly (upstream calls and credential
+    TTLs), and how many accounts are ready. `CHUNK` lines at a time, serving requests in between."""
+    ready = 0
+    parts = [
+        b"# HELP jssdk_upstream_calls_total HTTP calls to WeChat by outcome: ok, the errcode, http_<status> or the "
+        b"exception name\n# TYPE jssdk_upstream_calls_total counter\n"
     ]
-    lines += [
-        f'jssdk_upstream_calls_total{{app="{_label(app)}",api="{api}",outcome="{_label(outcome)}"}} {count}\n'
-        for (app, api, outcome), count in sorted(calls.items())
-    ]
-    lines.append(
-        "# HELP jssdk_credential_ttl_seconds Seconds until the access_token or jsapi_ticket held by the answering "
-        "process expires (NaN: none held)\n# TYPE jssdk_credential_ttl_seconds gauge\n"
+    items = list(calls.items())
+    for first in range(0, len(items), CHUNK):
+        parts.append("".join(
+            f'jssdk_upstream_calls_total{{app="{_label(app)}",api="{api}",outcome="{_label(outcome)}"}} {count}\n'
+            for (app, api, outcome), count in items[first : first + CHUNK]
+        ).encode())  # fmt: skip
+        await asyncio.sleep(0)
+    parts.append(
+        b"# HELP jssdk_credential_ttl_seconds Seconds until the access_token or jsapi_ticket held by the answering "
+        b"process expires (NaN: none held)\n# TYPE jssdk_credential_ttl_seconds gauge\n"
     )
-    for creds in accounts:
-        app = _label(creds.account.name)
-        ticket, token = creds.ttls(now)
-        lines.append(
-            f'jssdk_credential_ttl_seconds{{app="{app}",kind="token"}} {"NaN" if token is None else token}\n'
-            f'jssdk_credential_ttl_seconds{{app="{app}",kind="ticket"}} {"NaN" if ticket is None else ticket}\n'
-        )
-    return "".join(lines).encode()
+    for first in range(0, len(accounts), CHUNK):
+        lines = []
+        for creds in accounts[first : first + CHUNK]:
+            ready += creds.ready(now)
+            app = _label(creds.account.name)
+            ticket, token = creds.ttls(now)
+            lines.append(
+                f'jssdk_credential_ttl_seconds{{app="{app}",kind="token"}} {"NaN" if token is None else token}\n'
+                f'jssdk_credential_ttl_seconds{{app="{app}",kind="ticket"}} {"NaN" if ticket is None else ticket}\n'
+            )
+        parts.append("".join(lines).encode())
+        await asyncio.sleep(0)
+    return parts, ready
 
 
 class _StateCollector(Collector):
-    """What this process holds now: each account's credential TTLs, ready counts, upstream slots."""
+    """What this process holds now: ready accounts, upstream slots."""
 
-    def __init__(self, accounts: Sequence[AccountCredentials], scheduler: UpstreamScheduler, now: float) -> None:
-        self._accounts = accounts
+    def __init__(self, ready: int, total: int, scheduler: UpstreamScheduler) -> None:
+        self._ready = ready
+        self._total = total
         self._scheduler = scheduler
-        self._now = now
 
     def collect(self) -> Iterator[Metric]:
-        ready = sum(creds.ready(self._now) for creds in self._accounts)
         accounts = GaugeMetricFamily("jssdk_accounts", "Accounts that may sign now, and not", labels=["state"])
-        accounts.add_metric(["ready"], ready)
-        accounts.add_metric(["unready"], len(self._accounts) - ready)
+        accounts.add_metric(["ready"], self._ready)
+        accounts.add_metric(["unready"], self._total - self._ready)
         yield accounts
         yield GaugeMetricFamily("jssdk_upstream_in_flight", "Refreshes holding an upstream slot in this process",
                                 value=self._scheduler.in_flight)  # fmt: skip
@@ -243,17 +261,19 @@ class _StateCollector(Collector):
                                 value=self._scheduler.waiting)  # fmt: skip
 
 
-def exposition(accounts: Sequence[AccountCredentials], scheduler: UpstreamScheduler, now: float) -> bytes:
+async def exposition(accounts: Sequence[AccountCredentials], scheduler: UpstreamScheduler, now: float) -> bytes:
     """Every metric in the Prometheus text format: this process's, or all processes' in multi-process mode.
 
-    It takes time in proportion to the accounts: run it in a worker thread, not on the event loop.
+    What grows with the accounts is written a chunk at a time, with the event loop serving requests
+    in between, so that a scrape holds a signature up by a few milliseconds at most. (A worker thread
+    would do worse: the event loop would wait for the interpreter lock at every system call.)
     """
-    if MULTIPROCESS_DIR is None:
-        counted = generate_latest(REGISTRY)
-    else:
+    routes, calls = await _counts(MULTIPROCESS_DIR)
+    registry = REGISTRY
+    if MULTIPROCESS_DIR is not None:
         registry = CollectorRegistry()
         MultiProcessCollector(registry, MULTIPROCESS_DIR)  # type: ignore[no-untyped-call]
-        registry.register(_HttpCollector(MULTIPROCESS_DIR))
-        counted = generate_latest(registry)
-    state = generate_latest(_StateCollector(accounts, scheduler, now))
-    return counted + state + _per_account_text(_records(MULTIPROCESS_DIR), accounts, now)
+    parts = [generate_latest(registry), generate_latest(_HttpCollector(routes))]
+    per_account, ready = await _per_account_text(calls, accounts, now)
+    parts.append(generate_latest(_StateCollector(ready, len(accounts), scheduler)))
+    return b"".join(parts + per_account)
