@@ -214,7 +214,7 @@ async def _tell_when_ready(app: web.Application, ready: Connection, stop: asynci
         readiness = store.readiness(limit=0)
         if readiness.ready == readiness.total:
             break
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)  # a count over every account: not too often
     with contextlib.suppress(OSError):
         ready.send_bytes(b"ready")
     ready.close()
