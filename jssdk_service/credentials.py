@@ -25,7 +25,7 @@ import secrets
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from jssdk_service.cache import SharedCache
@@ -88,32 +88,35 @@ class AccountStatus:
     retry_in: float | None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RefreshRules:
+    """How the accounts of a store keep their credentials: one object, shared by them all."""
+
+    clock: Callable[[], float] = time.time
+    lock_lease: float = LOCK_LEASE
+    request_wait: float = REQUEST_WAIT
+    usage: UpstreamUsage | None = None
+    rng: random.Random = field(default_factory=random.Random)
+    """Jitter for backoffs, and the start order."""
+    spread: Position = field(default_factory=Spread)
+    """Positions of refresh times in their windows: one `Spread` for all accounts, so that their
+    refreshes come out evenly spaced."""
+
+
 class AccountCredentials:
     """The token and ticket of one account, refreshed ahead of expiry, one refresh at a time."""
 
-    def __init__(
-        self,
-        account: Account,
-        client: WeChatClient,
-        cache: SharedCache,
-        *,
-        clock: Callable[[], float] = time.time,
-        lock_lease: float = LOCK_LEASE,
-        request_wait: float = REQUEST_WAIT,
-        usage: UpstreamUsage | None = None,
-        rng: random.Random | None = None,
-        spread: Position | None = None,
-    ) -> None:
+    def __init__(self, account: Account, client: WeChatClient, cache: SharedCache, rules: RefreshRules) -> None:
         self.account = account
-        self._lock_lease = lock_lease
-        self._request_wait = request_wait
-        self._usage = usage
+        self._lock_lease = rules.lock_lease
+        self._request_wait = rules.request_wait
+        self._usage = rules.usage
         self._client = client
         self._scheduler: UpstreamScheduler = client.scheduler
         self._cache = cache
-        self._clock = clock
-        self._random = rng or random.Random()
-        self._spread = spread or Spread(self._random)
+        self._clock = rules.clock
+        self._random = rules.rng
+        self._spread = rules.spread
         self._ticket: JsapiTicket | None = None
         # The last few tickets, newest first, for diagnosing signatures made with an earlier one.
         self.recent_tickets: deque[JsapiTicket] = deque(maxlen=RECENT_TICKETS)
@@ -456,29 +459,12 @@ class CredentialStore:
         client: WeChatClient,
         cache: SharedCache,
         *,
-        clock: Callable[[], float] = time.time,
-        lock_lease: float = LOCK_LEASE,
-        request_wait: float = REQUEST_WAIT,
-        usage: UpstreamUsage | None = None,
+        rules: RefreshRules | None = None,
     ) -> None:
-        rng = random.Random()
-        spread = Spread(rng)  # one for all accounts: their refreshes come out evenly spaced
-        self._by_app_id = {
-            a.app_id: AccountCredentials(
-                a,
-                client,
-                cache,
-                clock=clock,
-                lock_lease=lock_lease,
-                request_wait=request_wait,
-                usage=usage,
-                rng=rng,
-                spread=spread,
-            )
-            for a in accounts
-        }
-        self._clock = clock
-        self._random = rng
+        rules = rules or RefreshRules()
+        self._by_app_id = {a.app_id: AccountCredentials(a, client, cache, rules) for a in accounts}
+        self._clock = rules.clock
+        self._random = rules.rng
         self._starter: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
 

@@ -24,7 +24,7 @@ from jssdk_service.admin import AdminAPI
 from jssdk_service.bodies import json_object, preflight
 from jssdk_service.cache import SharedCache, open_cache
 from jssdk_service.config import Account, Settings
-from jssdk_service.credentials import AccountCredentials, AccountStatus, CredentialStore, UpstreamUsage
+from jssdk_service.credentials import AccountCredentials, AccountStatus, CredentialStore, RefreshRules, UpstreamUsage
 from jssdk_service.errors import (
     HostNotAllowed,
     InvalidRequest,
@@ -143,8 +143,10 @@ def create_app(
         await cache.close()
 
     async def credential_store(app: web.Application) -> AsyncIterator[None]:
-        store = CredentialStore(settings.accounts, app[WECHAT], app[CACHE], clock=clock, lock_lease=settings.lock_lease,
-                                request_wait=settings.request_wait, usage=usage)  # fmt: skip
+        rules = RefreshRules(
+            clock=clock, lock_lease=settings.lock_lease, request_wait=settings.request_wait, usage=usage
+        )
+        store = CredentialStore(settings.accounts, app[WECHAT], app[CACHE], rules=rules)
         app[STORE] = store
         store.start()
         # Cache health and the fleet's news, for as long as the store runs.

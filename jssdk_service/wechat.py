@@ -19,7 +19,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
@@ -59,6 +59,22 @@ class RetryPolicy:
     base_cooldown: float = 60.0
     connect_timeout: float = 3.0
     read_timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One API call to make: for whom, which API, how; `hidden` are the values scrubbed from errors.
+
+    Its parameters carry the AppSecret or the token, so its repr leaves them out.
+    """
+
+    app_id: str
+    api: API
+    method: str
+    path: str
+    params: dict[str, str] | None = field(default=None, kw_only=True, repr=False)
+    json: dict[str, Any] | None = field(default=None, kw_only=True, repr=False)
+    hidden: tuple[str, ...] = field(default=(), kw_only=True, repr=False)
 
 
 class _Retryable(Exception):
@@ -126,43 +142,30 @@ class WeChatClient:
             # stable_token: the same token for every caller while it is valid; safe across hosts.
             payload = {"grant_type": "client_credential", "appid": app_id, "secret": secret,
                        "force_refresh": force_refresh}  # fmt: skip
-            body, sent_at = await self._call(app_id, "stable_token", "POST", "/cgi-bin/stable_token", turn,
-                                             json=payload, hidden=(secret,))  # fmt: skip
+            call = _Call(app_id, "stable_token", "POST", "/cgi-bin/stable_token", json=payload, hidden=(secret,))
         else:
             params = {"grant_type": "client_credential", "appid": app_id, "secret": secret}
-            body, sent_at = await self._call(app_id, "token", "GET", "/cgi-bin/token", turn, params=params,
-                                             hidden=(secret,))  # fmt: skip
+            call = _Call(app_id, "token", "GET", "/cgi-bin/token", params=params, hidden=(secret,))
+        body, sent_at = await self._call(call, turn)
         token = _string_field(body, "access_token", app_id)
         return AccessToken(value=token, obtained_at=sent_at, expires_in=_expires_in(body, app_id))
 
     async def fetch_ticket(self, *, app_id: str, token: AccessToken, turn: Turn | None = None) -> JsapiTicket:
         """A jsapi_ticket; raises `TokenInvalid` when WeChat no longer accepts `token`."""
         params = {"access_token": token.value, "type": "jsapi"}
-        body, sent_at = await self._call(app_id, "getticket", "GET", "/cgi-bin/ticket/getticket",
-                                         turn or self.scheduler.turn(), params=params,
-                                         hidden=(token.value,))  # fmt: skip
+        call = _Call(app_id, "getticket", "GET", "/cgi-bin/ticket/getticket", params=params, hidden=(token.value,))
+        body, sent_at = await self._call(call, turn or self.scheduler.turn())
         ticket = _string_field(body, "ticket", app_id)
         return JsapiTicket(value=ticket, obtained_at=sent_at, expires_in=_expires_in(body, app_id))
 
-    async def _call(
-        self,
-        app_id: str,
-        api: API,
-        method: str,
-        path: str,
-        turn: Turn,
-        *,
-        params: dict[str, str] | None = None,
-        json: dict[str, Any] | None = None,
-        hidden: tuple[str, ...],
-    ) -> tuple[dict[str, Any], float]:
+    async def _call(self, call: _Call, turn: Turn) -> tuple[dict[str, Any], float]:
         """WeChat's answer, and when the request it answers was sent (`clock` time)."""
         policy = self._policy
         give_up_at: float | None = None
         attempt = 0
         while True:
             try:
-                return await self._try_bases(app_id, api, method, path, turn, params, json, hidden)
+                return await self._try_bases(call, turn)
             except _Retryable as exc:
                 attempt += 1
                 if give_up_at is None:
@@ -170,28 +173,20 @@ class WeChatClient:
                 delay = min(policy.max_delay, policy.base_delay * 2.0 ** (attempt - 1)) * random.uniform(0.5, 1.0)
                 if time.monotonic() + delay >= give_up_at:
                     raise UpstreamUnavailable(
-                        f"WeChat {api} failed {attempt} times, last: {exc}", app_id=app_id, api=api
+                        f"WeChat {call.api} failed {attempt} times, last: {exc}", app_id=call.app_id, api=call.api
                     ) from None
                 await asyncio.sleep(delay)
 
-    async def _try_bases(
-        self,
-        app_id: str,
-        api: API,
-        method: str,
-        path: str,
-        turn: Turn,
-        params: dict[str, str] | None,
-        json: dict[str, Any] | None,
-        hidden: tuple[str, ...],
-    ) -> tuple[dict[str, Any], float]:
+    async def _try_bases(self, call: _Call, turn: Turn) -> tuple[dict[str, Any], float]:
         """One attempt: the bases in order, skipping cooling ones, moving on after connection failures."""
         last = _Retryable("no_base", "no base configured")
+        app_id, api = call.app_id, call.api
         for base in self._ordered_bases():
             try:
                 async with self.scheduler.slot(turn):
                     sent_at = self._clock()
-                    response = await self._http.request(method, base + path, params=params, json=json)
+                    response = await self._http.request(call.method, base + call.path, params=call.params,
+                                                        json=call.json)  # fmt: skip
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 self._cooling_until[base] = time.monotonic() + self._policy.base_cooldown
                 self._observe(app_id, api, type(exc).__name__)
@@ -201,12 +196,11 @@ class WeChatClient:
                 self._observe(app_id, api, type(exc).__name__)
                 raise _Retryable(type(exc).__name__, f"{base}: {type(exc).__name__}") from None
             self._cooling_until.pop(base, None)
-            return self._read(app_id, api, base, response, hidden), sent_at
+            return self._read(call, base, response), sent_at
         raise last
 
-    def _read(
-        self, app_id: str, api: API, base: str, response: httpx.Response, hidden: tuple[str, ...]
-    ) -> dict[str, Any]:
+    def _read(self, call: _Call, base: str, response: httpx.Response) -> dict[str, Any]:
+        app_id, api = call.app_id, call.api
         if response.status_code >= 500:
             self._observe(app_id, api, f"http_{response.status_code}")
             raise _Retryable("http", f"{base}: HTTP {response.status_code}")
@@ -222,7 +216,7 @@ class WeChatClient:
         self._observe(app_id, api, "ok" if errcode == 0 else str(errcode))
         if errcode == 0:
             return body
-        errmsg = _scrub(str(body.get("errmsg", "")), hidden)
+        errmsg = _scrub(str(body.get("errmsg", "")), call.hidden)
         if errcode == BUSY:
             raise _Retryable(str(errcode), f"{base}: errcode -1 (system busy)")
         if errcode in TOKEN_INVALID and api == "getticket":
