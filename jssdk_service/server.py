@@ -189,9 +189,9 @@ async def serve(
         # What start-up built lives as long as the process: keep the collector from rescanning it.
         # (No gc.collect() first: with thousands of accounts it would hold the new listener for 0.5 s.)
         gc.freeze()
-        if ready is not None:
-            await _tell_when_ready(app, ready, signals.stop, settings.request_wait)
+        settled = asyncio.get_running_loop().create_task(_settle(app, ready, signals.stop, settings.request_wait))
         await signals.stop.wait()
+        settled.cancel()
         app[LIFECYCLE].draining = True
         log.info("stopping: draining for %gs (a second signal stops at once)", settings.drain_seconds)
         await asyncio.sleep(settings.drain_seconds)
@@ -206,15 +206,30 @@ async def serve(
     log.info("jssdk-service stopped (pid %d)", os.getpid())
 
 
-async def _tell_when_ready(app: web.Application, ready: Connection, stop: asyncio.Event, wait: float) -> None:
-    """Tell the supervisor once every account may sign, or after `wait` seconds whatever the accounts say."""
+async def _settle(app: web.Application, ready: Connection | None, stop: asyncio.Event, wait: float) -> None:
+    """Once every account may sign: tell the supervisor, if any (or after `wait` seconds at least 10,
+    whatever the accounts say), and freeze what the start-up built out of the collector's way.
+
+    The credentials and refresher tasks of thousands of accounts outlive everything else; left in the
+    collector's oldest generation, each full collection would scan them all (tens of milliseconds,
+    on the event loop) whenever enough short-lived objects had come and gone.
+    """
     give_up = time.monotonic() + max(wait, 10.0)
     store = app[STORE]
-    while not stop.is_set() and time.monotonic() < give_up:
+    while not stop.is_set():
         readiness = store.readiness(limit=0)
         if readiness.ready == readiness.total:
             break
+        if ready is not None and time.monotonic() > give_up:
+            _tell(ready)
+            ready = None
         await asyncio.sleep(0.2)  # a count over every account: not too often
+    if ready is not None:
+        _tell(ready)
+    gc.freeze()
+
+
+def _tell(ready: Connection) -> None:
     with contextlib.suppress(OSError):
         ready.send_bytes(b"ready")
     ready.close()
