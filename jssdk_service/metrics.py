@@ -28,7 +28,8 @@ The reports are prometheus_client's own.
 With `serve --workers N` every process serves /metrics: `PROMETHEUS_MULTIPROC_DIR` is set before
 the workers start (and so before prometheus_client is imported), each process keeps its samples in
 files there (its HTTP and upstream numbers in `jssdk_http_<pid>.json`, rewritten every second), and
-`exposition()` adds up every process's, including those of workers that have exited. Credential
+`exposition()` adds up every process's, including those of workers that have exited (a worker
+killed outright, SIGKILL, loses what it counted after its last publication; SIGTERM publishes). Credential
 lifetimes, accounts and upstream slots are read when /metrics is scraped, from the process that
 answers; a TTL of NaN means that process holds no such credential (one that took the ticket from
 the shared cache may never have needed a token).

@@ -311,6 +311,7 @@ async def test_serve_workers_runs_n_processes_on_one_port(
             assert time.monotonic() < deadline, "workers did not start"
             await asyncio.sleep(0.2)
         first = worker_pids(process.pid)
+        await asyncio.sleep(1.5)  # each worker publishes its counts every second; a SIGKILL loses the last one
         os.kill(first[0], signal.SIGKILL)
         deadline = time.monotonic() + 30
         while sorted(worker_pids(process.pid)) == sorted(first) or len(worker_pids(process.pid)) < 3:
