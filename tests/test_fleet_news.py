@@ -170,6 +170,19 @@ def replace_db(url: str, db: int) -> str:
     return f"{url.rsplit('/', 1)[0]}/{db}"
 
 
+async def through_an_outage(redis_server: RedisServer, cache: RedisCache) -> None:
+    """Kill Redis, wait until `cache` says so, and start Redis again."""
+    await redis_server.kill()
+    await within(5.0, lambda: cache.health()["ok"] is False, every=0.1)
+    await redis_server.start()
+
+
+async def stop_watching(watcher: asyncio.Task[None]) -> None:
+    watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
+
+
 async def test_the_probe_notices_an_outage_and_its_end_with_no_operation(redis_server: RedisServer) -> None:
     """`watch()` alone turns health() false within 5 s of Redis dying and true within 5 s of its return, and stops when cancelled."""
     cache = RedisCache(redis_server.url)
@@ -177,14 +190,10 @@ async def test_the_probe_notices_an_outage_and_its_end_with_no_operation(redis_s
     try:
         await asyncio.sleep(0.1)
         assert cache.health()["ok"] is True
-        await redis_server.kill()
-        await within(5.0, lambda: cache.health()["ok"] is False, every=0.1)
-        await redis_server.start()
+        await through_an_outage(redis_server, cache)
         await within(5.0, lambda: cache.health()["ok"] is True, every=0.1)
     finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        await stop_watching(watcher)
         await cache.close()
     assert watcher.cancelled()
 
@@ -233,14 +242,10 @@ async def test_the_listener_passes_on_other_processes_news_again_after_an_outage
 
     try:
         await within(2.0, lambda: tell("before"), every=0.1)
-        await redis_server.kill()
-        await within(5.0, lambda: cache.health()["ok"] is False, every=0.1)
-        await redis_server.start()
+        await through_an_outage(redis_server, cache)
         await within(5.0, lambda: tell("after"), every=0.1)
     finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        await stop_watching(watcher)
         await client.aclose()
         await cache.close()
     assert [key for key in heard if key.startswith("own-")] == [], "this cache's own news was passed on"
