@@ -22,10 +22,10 @@ import uvloop
 from aiohttp import web
 
 from jssdk_service import logs
+from jssdk_service.app import LIFECYCLE, STORE, create_app
 from jssdk_service.config import Settings, load_settings
 from jssdk_service.errors import ConfigError
 from jssdk_service.sandbox import DEMO_APP_ID, SandboxAccount, SandboxServer, WeChatSandbox, closed_port_url
-from jssdk_service.web import LIFECYCLE, STORE, create_app
 
 log = logging.getLogger("jssdk_service.server")
 

@@ -14,10 +14,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from jssdk_service.app import STORE, create_app
 from jssdk_service.config import Account, Secret, Settings
 from jssdk_service.sandbox import SandboxAccount, SandboxServer, WeChatSandbox
 from jssdk_service.share import SharePolicy
-from jssdk_service.web import STORE, create_app
 from jssdk_service.wechat import RetryPolicy
 
 APP_ID = "wx1234567890abcdef"

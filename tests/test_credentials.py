@@ -8,9 +8,9 @@ from typing import Any
 
 import aiohttp
 
+from jssdk_service.app import STORE
 from jssdk_service.config import Secret
 from jssdk_service.sandbox import WeChatSandbox
-from jssdk_service.web import STORE
 
 from .conftest import APP_ID, RunningService, ServiceFactory, make_account
 

@@ -12,11 +12,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from jssdk_service.app import CACHE, CALL_OBSERVERS, STORE, WECHAT, create_app
 from jssdk_service.cache import MemoryCache
 from jssdk_service.config import Secret, Settings
 from jssdk_service.credentials import UpstreamUsage
 from jssdk_service.sandbox import WeChatSandbox, closed_port_url
-from jssdk_service.web import CACHE, CALL_OBSERVERS, STORE, WECHAT, create_app
 
 from .conftest import APP_ID, FAST_RETRY, RunningService, ServiceFactory, make_account
 
