@@ -20,8 +20,8 @@ import uvloop
 
 from jssdk_service import metrics
 from jssdk_service.cache import MemoryCache
-from jssdk_service.config import Account, Secret
-from jssdk_service.credentials import CredentialStore
+from jssdk_service.config import Account, Secret, Settings
+from jssdk_service.credentials import CredentialStore, RefreshRules
 from jssdk_service.tokens import AccessToken, JsapiTicket
 from jssdk_service.wechat import WeChatClient
 
@@ -41,7 +41,9 @@ async def scrape_rounds(accounts: int, rounds: int) -> tuple[list[float], list[f
     configured = [Account(name=f"a{i}", app_id=f"wx{i:016x}", secret=Secret("unused"),
                           allowed_hosts=("example.com",)) for i in range(accounts)]  # fmt: skip
     client = WeChatClient(["http://127.0.0.1:9"])
-    store = CredentialStore(configured, client, MemoryCache())
+    settings = Settings(accounts=tuple(configured))
+    rules = RefreshRules(lock_lease=settings.lock_lease, request_wait=settings.request_wait)
+    store = CredentialStore(configured, client, MemoryCache(), rules=rules)
     now = time.time()
     count = metrics.upstream_call_counter(configured)
     for creds in store:

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import orjson
 
@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="N processes on one port; N > 1 needs JSSDK_CACHE_URL=redis://...")  # fmt: skip
     serve.add_argument("--sandbox", action="store_true", help="talk to an in-process WeChat emulator")
     serve.add_argument("--log-format", choices=("json", "text"), help="log lines (or JSSDK_LOG_FORMAT; default json)")
-    serve.add_argument("--access-log", action="store_true",
+    serve.add_argument("--access-log", action="store_true", default=None,
                        help="log one line per request (or JSSDK_ACCESS_LOG=true; default off)")  # fmt: skip
     rehearsal = serve.add_argument_group("sandbox behaviour (each also as JSSDK_SANDBOX_<NAME>)")
     rehearsal.add_argument("--sandbox-expires-in", metavar="S", help="lifetime of tokens and tickets (default 7200)")
@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    env = dict(os.environ)
+    env = os.environ
     try:
         if args.command == "sign":
             print(sign_url(ticket=args.ticket, nonce=args.nonce, timestamp=args.timestamp, url=args.url))
@@ -84,28 +84,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _serve(args: argparse.Namespace, env: dict[str, str]) -> int:
+def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from jssdk_service.server import run, sandbox_options
 
-    if args.host:
-        env["JSSDK_HOST"] = args.host
-    if args.port is not None:
-        env["JSSDK_PORT"] = str(args.port)
-    if args.log_format:
-        env["JSSDK_LOG_FORMAT"] = args.log_format
-    if args.access_log:
-        env["JSSDK_ACCESS_LOG"] = "true"
     if args.workers < 1:
         raise ConfigError("--workers", f"has value {args.workers}; expected 1 or more")
+    # The flags win over the environment and the file; a flag not given (None) leaves them be.
+    overrides = {"host": args.host, "port": args.port, "log_format": args.log_format, "access_log": args.access_log}
     sandbox = None
     if args.sandbox:
         names = ("expires_in", "errors", "http500_rate", "reset_rate", "delay", "dead_base")
         sandbox = sandbox_options({name: getattr(args, f"sandbox_{name}") for name in names}, env)
-    run(env, args.config, sandbox=sandbox, workers=args.workers)
+    run(env, args.config, overrides=overrides, sandbox=sandbox, workers=args.workers)
     return 0
 
 
-def _doctor(args: argparse.Namespace, env: dict[str, str]) -> int:
+def _doctor(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """POST the arguments to the service's /v1/doctor; print one line per finding.
 
     Exits 1 when a finding is an error, 2 when the service cannot be asked or refuses the question.

@@ -1,5 +1,10 @@
 """Configuration: read once, from the environment and an optional TOML file, into immutable objects.
 
+The file and the environment are merged into one document, which msgspec converts into the frozen
+tables below: they declare every field's type, limits and default, once. A variable `JSSDK_<KEY>`
+wins over the file's `[service]` key, and a command-line flag wins over both. What the tables cannot
+say is checked here: JS secure domains, share rules, unique names and appIds, secrets.
+
 Every problem is a `ConfigError` naming the field (`JSSDK_PORT`, `accounts[1].allowed_hosts`) and
 what is wrong with its value. Secrets are never in the file itself: an account names the
 environment variable (`secret_env`) or the file (`secret_file`) that holds its AppSecret.
@@ -7,13 +12,17 @@ environment variable (`secret_env`) or the file (`secret_file`) that holds its A
 
 from __future__ import annotations
 
+import functools
 import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
-from urllib.parse import urlsplit
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+import msgspec.inspect
+from msgspec import Meta
 
 from jssdk_service.errors import ConfigError, HostNotAllowed, InvalidShare, InvalidURL
 from jssdk_service.pageurl import normalise_domain, parse_page_url
@@ -21,11 +30,12 @@ from jssdk_service.share import ShareFields, SharePolicy, ShareRule, check_link_
 
 TokenAPI = Literal["stable", "classic"]
 LogFormat = Literal["json", "text"]
+T = TypeVar("T")
+FieldPath = tuple[str | int, ...]  # where a value is in the document: ("accounts", 1, "app_id")
 
-DEFAULT_API_BASES = ("https://api.weixin.qq.com", "https://api2.weixin.qq.com")
-DEFAULT_JS_API_LIST = ("updateAppMessageShareData", "updateTimelineShareData")
-_APP_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+Seconds = Annotated[float, Meta(gt=0, le=3600)]
+HttpBase = Annotated[str, Meta(pattern=r"(?i)^https?://[^/?#]+")]
+NonEmpty = Annotated[tuple[str, ...], Meta(min_length=1)]  # like every list: an array, or "a,b"
 
 
 class Secret:
@@ -51,6 +61,89 @@ class Secret:
         return hash(self._value)
 
 
+class Table(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What a TOML table or a set of variables may say: an unknown key is an error. (A subclass
+    says `frozen=True, kw_only=True` again: msgspec does not pass `kw_only` on, nor mypy `frozen`.)"""
+
+
+class ServiceTable(Table, frozen=True, kw_only=True):
+    """`[service]`; each key also has a variable, `JSSDK_<KEY>`."""
+
+    api_bases: Annotated[tuple[HttpBase, ...], Meta(min_length=1)] = msgspec.field(
+        default=("https://api.weixin.qq.com", "https://api2.weixin.qq.com"), name="wechat_api_base"
+    )
+    cache_url: Annotated[str, Meta(pattern=r"(?i)^(memory|rediss?):")] = "memory://"
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=1, le=65535)] = 8080
+    log_level: Annotated[str, Meta(pattern=r"(?i)^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")] = "INFO"
+    log_format: LogFormat = "json"
+    access_log: bool = False
+    # Longer than a whole refresh may take: token and ticket calls, and both again after a refused
+    # token, each within its 15 s deadline.
+    lock_lease: Seconds = 75.0
+    upstream_concurrency: Annotated[int, Meta(ge=1, le=1024)] = 16
+    request_wait: Seconds = 5.0
+    drain_seconds: Annotated[float, Meta(ge=0, le=3600)] = 5.0
+    keepalive_timeout: Seconds = 75.0
+    metrics_dir: Annotated[str, Meta(min_length=1)] | None = None
+
+
+# The variable of each [service] key: it wins over the file (and a flag wins over it).
+_SERVICE_VARIABLES = {"wechat_api_base": "JSSDK_WECHAT_API_BASE", "cache_url": "JSSDK_CACHE_URL", "host": "JSSDK_HOST",
+                      "port": "JSSDK_PORT", "log_level": "JSSDK_LOG_LEVEL", "log_format": "JSSDK_LOG_FORMAT",
+                      "access_log": "JSSDK_ACCESS_LOG", "lock_lease": "JSSDK_LOCK_LEASE",
+                      "upstream_concurrency": "JSSDK_UPSTREAM_CONCURRENCY", "request_wait": "JSSDK_REQUEST_WAIT",
+                      "drain_seconds": "JSSDK_DRAIN_SECONDS", "keepalive_timeout": "JSSDK_KEEPALIVE_TIMEOUT",
+                      "metrics_dir": "JSSDK_METRICS_DIR"}  # fmt: skip
+
+
+class ShareFieldsTable(Table, frozen=True, kw_only=True):
+    """Share fields, any of them; `share.share_fields_from_mapping` checks their URLs."""
+
+    title: str | None = None
+    desc: str | None = None
+    link: str | None = None
+    img_url: str | None = msgspec.field(default=None, name="imgUrl")
+
+
+class ShareRuleTable(ShareFieldsTable, frozen=True, kw_only=True):
+    """`[[accounts.share.rules]]`: the share fields of the pages whose path matches `path`."""
+
+    path: Annotated[str, Meta(pattern="^/")]
+
+
+class ShareTable(ShareFieldsTable, frozen=True, kw_only=True):
+    """`[accounts.share]`: the account's default share fields, and its rules."""
+
+    rules: tuple[ShareRuleTable, ...] = ()
+
+
+class AccountTable(Table, frozen=True, kw_only=True):
+    """One `[[accounts]]` table, or the single account of the environment."""
+
+    app_id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] | None = None  # None: the app_id
+    secret_env: str | None = None
+    secret_file: str | None = None
+    allowed_hosts: NonEmpty
+    token_api: TokenAPI = "stable"  # noqa: S105 (an API name, not a secret)
+    js_api_list: NonEmpty = ("updateAppMessageShareData", "updateTimelineShareData")
+    open_tag_list: tuple[str, ...] = ()
+    share: ShareTable = ShareTable()
+
+
+class Document(Table, frozen=True, kw_only=True):
+    """The whole configuration, the environment merged in: what msgspec converts in one go."""
+
+    service: ServiceTable = ServiceTable()
+    accounts: Annotated[tuple[AccountTable, ...], Meta(min_length=1)]
+
+
+# The defaults of Settings and Account are the tables' own.
+_SERVICE = ServiceTable()
+_ACCOUNT = {info.name: info.default for info in msgspec.structs.fields(AccountTable)}
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Account:
     """One official account: its credentials, JS secure domains and share rules."""
@@ -59,9 +152,9 @@ class Account:
     app_id: str
     secret: Secret
     allowed_hosts: tuple[str, ...]
-    token_api: TokenAPI = "stable"  # noqa: S105 (an API name, not a secret)
-    js_api_list: tuple[str, ...] = DEFAULT_JS_API_LIST
-    open_tag_list: tuple[str, ...] = ()
+    token_api: TokenAPI = _ACCOUNT["token_api"]
+    js_api_list: tuple[str, ...] = _ACCOUNT["js_api_list"]
+    open_tag_list: tuple[str, ...] = _ACCOUNT["open_tag_list"]
     share: SharePolicy = field(default_factory=SharePolicy)
 
 
@@ -70,21 +163,21 @@ class Settings:
     """Everything the service reads at start-up."""
 
     accounts: tuple[Account, ...]
-    api_bases: tuple[str, ...] = DEFAULT_API_BASES
-    cache_url: str = "memory://"
-    host: str = "127.0.0.1"
-    port: int = 8080
+    api_bases: tuple[str, ...] = _SERVICE.api_bases
+    cache_url: str = _SERVICE.cache_url
+    host: str = _SERVICE.host
+    port: int = _SERVICE.port
     admin_token: Secret | None = None
-    log_level: str = "INFO"
-    log_format: LogFormat = "json"
-    access_log: bool = False
+    log_level: str = _SERVICE.log_level
+    log_format: LogFormat = _SERVICE.log_format
+    access_log: bool = _SERVICE.access_log
     redis_password: Secret | None = None
-    lock_lease: float = 75.0
-    upstream_concurrency: int = 16
-    request_wait: float = 5.0
-    drain_seconds: float = 5.0
-    keepalive_timeout: float = 75.0
-    metrics_dir: str | None = None
+    lock_lease: float = _SERVICE.lock_lease
+    upstream_concurrency: int = _SERVICE.upstream_concurrency
+    request_wait: float = _SERVICE.request_wait
+    drain_seconds: float = _SERVICE.drain_seconds
+    keepalive_timeout: float = _SERVICE.keepalive_timeout
+    metrics_dir: str | None = _SERVICE.metrics_dir
     _by_key: dict[str, Account] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -100,54 +193,128 @@ class Settings:
         return self._by_key.get(key)
 
 
-def load_settings(env: Mapping[str, str], config_path: str | None = None) -> Settings:
-    """Settings from `env` and, when given (or `JSSDK_CONFIG` is set), a TOML file."""
+def load_settings(
+    env: Mapping[str, str], config_path: str | None = None, *, overrides: Mapping[str, Any] | None = None
+) -> Settings:
+    """Settings from `env` and, when given (or `JSSDK_CONFIG` is set), a TOML file.
+
+    `overrides` are `[service]` values from the command line (`{"port": 9000}`; None is no value):
+    they win over the environment, which wins over the file.
+    """
     path = config_path or env.get("JSSDK_CONFIG") or None
     document = _read_toml(path) if path else {}
-    service = _table(document, "service", "service")
     unknown = sorted(set(document) - {"service", "accounts"})
     if unknown:
         raise ConfigError(unknown[0], "unknown section (expected [service] and [[accounts]])")
+    file_service = document.get("service", {})
+    if not isinstance(file_service, dict):
+        raise ConfigError("service", "must be a table")
+    service, service_names = layered(ServiceTable, _SERVICE_VARIABLES, env, file_service, overrides or {})
 
-    def pick(env_key: str, file_key: str) -> Any:
-        return env[env_key] if env.get(env_key) else service.get(file_key)
-
-    if "accounts" in document:
-        if env.get("JSSDK_APP_ID"):
-            raise ConfigError("JSSDK_APP_ID", "is set while the config file defines [[accounts]]; use one or the other")
-        raw_accounts = document["accounts"]
-        if not isinstance(raw_accounts, list) or not raw_accounts:
-            raise ConfigError("accounts", "must be a non-empty array of tables ([[accounts]])")
-        accounts = tuple(_account_from_table(entry, f"accounts[{i}]", env) for i, entry in enumerate(raw_accounts))
+    from_env = "accounts" not in document
+    if from_env:
+        entries: Any = [_env_account(env)]
+    elif env.get("JSSDK_APP_ID"):
+        raise ConfigError("JSSDK_APP_ID", "is set while the config file defines [[accounts]]; use one or the other")
     else:
-        accounts = (_account_from_env(env),)
-    _check_unique(accounts)
+        entries = document["accounts"]
+        if isinstance(entries, list):
+            entries = [_file_account(entry, i) for i, entry in enumerate(entries)]
 
-    bases = pick("JSSDK_WECHAT_API_BASE", "wechat_api_base")
+    def name_of(path: FieldPath) -> str:
+        if path[0] == "service" and len(path) > 1:
+            return service_names.get(str(path[1]), _dotted(path))
+        if from_env and len(path) > 2:
+            return _ENV_NAMES.get(str(path[2]), _dotted(path))
+        return _dotted(path)
+
+    tables = convert({"service": service, "accounts": entries}, Document, name_of)
+    accounts = tuple(_account(table, i, env, name_of) for i, table in enumerate(tables.accounts))
+    _check_unique(accounts)
+    values = msgspec.structs.asdict(tables.service)  # Settings has every field of ServiceTable
+    values.update(
+        api_bases=tuple(base.rstrip("/") for base in tables.service.api_bases),
+        log_level=tables.service.log_level.upper(),
+    )
     return Settings(
         accounts=accounts,
-        api_bases=_api_bases(bases, "JSSDK_WECHAT_API_BASE") if bases else DEFAULT_API_BASES,
-        cache_url=_cache_url(pick("JSSDK_CACHE_URL", "cache_url") or "memory://"),
-        host=str(pick("JSSDK_HOST", "host") or "127.0.0.1"),
-        port=parse_port(pick("JSSDK_PORT", "port") or 8080, "JSSDK_PORT"),
         admin_token=Secret(env["JSSDK_ADMIN_TOKEN"]) if env.get("JSSDK_ADMIN_TOKEN") else None,
-        log_level=_log_level(pick("JSSDK_LOG_LEVEL", "log_level") or "INFO"),
-        log_format=_log_format(pick("JSSDK_LOG_FORMAT", "log_format") or "json"),
-        access_log=_flag(pick("JSSDK_ACCESS_LOG", "access_log") or False, "JSSDK_ACCESS_LOG"),
         redis_password=Secret(env["JSSDK_REDIS_PASSWORD"]) if env.get("JSSDK_REDIS_PASSWORD") else None,
-        lock_lease=_seconds(pick("JSSDK_LOCK_LEASE", "lock_lease") or 75.0, "JSSDK_LOCK_LEASE"),
-        upstream_concurrency=_count(
-            pick("JSSDK_UPSTREAM_CONCURRENCY", "upstream_concurrency") or 16, "JSSDK_UPSTREAM_CONCURRENCY", 1024
-        ),
-        request_wait=_seconds(pick("JSSDK_REQUEST_WAIT", "request_wait") or 5.0, "JSSDK_REQUEST_WAIT"),
-        drain_seconds=_seconds(
-            pick("JSSDK_DRAIN_SECONDS", "drain_seconds") or 5.0, "JSSDK_DRAIN_SECONDS", allow_zero=True
-        ),
-        keepalive_timeout=_seconds(
-            pick("JSSDK_KEEPALIVE_TIMEOUT", "keepalive_timeout") or 75.0, "JSSDK_KEEPALIVE_TIMEOUT"
-        ),
-        metrics_dir=str(pick("JSSDK_METRICS_DIR", "metrics_dir") or "") or None,
+        **values,
     )
+
+
+def layered(
+    table: type[msgspec.Struct],
+    variables: Mapping[str, str],
+    env: Mapping[str, str],
+    file: Mapping[str, Any],
+    flags: Mapping[str, Any],
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The values for `table`, keyed as in the file, each from the first layer that sets it: `flags`
+    (a None sets nothing), the key's variable in `env` (an empty one sets nothing), `file`.
+
+    Also each key's name for errors: its flag (`--port`, `--sandbox-delay`) if a flag set it, else
+    its variable (whichever layer set it, as the README names the settings by their variables).
+    `variables` has a variable for every key of `table`.
+    """
+    names = {info.encode_name: variables[info.encode_name] for info in msgspec.structs.fields(table)}
+    data = {**file, **{key: env[variable] for key, variable in names.items() if env.get(variable)}}
+    for key, value in flags.items():
+        if value is not None:
+            data[key] = value
+            names[key] = "--" + names[key].removeprefix("JSSDK_").lower().replace("_", "-")
+    return _split_lists(data, table), names
+
+
+def convert(data: Mapping[str, Any], table: type[T], name_of: Callable[[FieldPath], str]) -> T:
+    """`data` as a `table`, strings (the environment's) made the numbers and flags it declares; a
+    value it refuses is a `ConfigError` naming the field `name_of(path)`."""
+    try:
+        return msgspec.convert(data, table, strict=False)
+    except msgspec.ValidationError as exc:
+        where = _LOCATION.fullmatch(str(exc))
+        assert where is not None  # the pattern matches any text
+        path: FieldPath = tuple(int(index) if index else key for key, index in _PART.findall(where["at"] or ""))
+        problem = where["problem"].replace("`", "")
+        if about_key := _KEY_PROBLEM.fullmatch(problem):
+            path, problem = (*path, about_key["key"]), "unknown field" if about_key["unknown"] else "is required"
+        else:
+            problem = problem[0].lower() + problem[1:]
+            value: Any = data
+            for part in path:  # msgspec does not say what it got: find it
+                value = value[part]
+            if problem.startswith("expected") and isinstance(value, str | int | float):
+                problem = f"has value {value!r}; {problem}"
+        raise ConfigError(name_of(path), problem) from None
+
+
+_LOCATION = re.compile(r"(?P<problem>.*?)(?: - at `(?:key` in `)?\$(?P<at>[^`]*?)(?:\[\.\.\.\])?`)?")
+_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+_KEY_PROBLEM = re.compile(r"Object (?:(?P<unknown>contains unknown)|missing required) field (?P<key>.+)")
+
+
+def _dotted(path: FieldPath) -> str:
+    """`("accounts", 1, "app_id")` as `accounts[1].app_id`."""
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in path).removeprefix(".")
+
+
+@functools.cache
+def _list_keys(table: type[msgspec.Struct]) -> frozenset[str]:
+    info = msgspec.inspect.type_info(table)
+    assert isinstance(info, msgspec.inspect.StructType)
+    return frozenset(f.encode_name for f in info.fields if isinstance(f.type, msgspec.inspect.VarTupleType))
+
+
+def _split_lists(data: dict[str, Any], table: type[msgspec.Struct]) -> dict[str, Any]:
+    """`data` with each comma-separated string given for a list of `table` split into its items."""
+    lists = _list_keys(table)
+    return {
+        key: [item.strip() for item in value.split(",") if item.strip()]
+        if key in lists and isinstance(value, str)
+        else value
+        for key, value in data.items()
+    }
 
 
 def _read_toml(path: str) -> dict[str, Any]:
@@ -160,107 +327,71 @@ def _read_toml(path: str) -> dict[str, Any]:
         raise ConfigError("JSSDK_CONFIG", f"{path!r} is not valid TOML: {exc}") from None
 
 
-def _table(parent: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
-    value = parent.get(key, {})
-    if not isinstance(value, dict):
-        raise ConfigError(where, "must be a table")
-    return value
-
-
-_ENV_FIELDS = {
-    "name": "JSSDK_APP_ID",
-    "app_id": "JSSDK_APP_ID",
-    "secret": "JSSDK_APP_SECRET",
-    "secret_file": "JSSDK_APP_SECRET_FILE",
-    "allowed_hosts": "JSSDK_ALLOWED_HOSTS",
-    "token_api": "JSSDK_TOKEN_API",
-    "js_api_list": "JSSDK_JS_API_LIST",
-    "open_tag_list": "JSSDK_OPEN_TAG_LIST",
-    "share": "JSSDK_SHARE",
-}
-_SHARE_ENV = {"title": "JSSDK_SHARE_TITLE", "desc": "JSSDK_SHARE_DESC", "imgUrl": "JSSDK_SHARE_IMG_URL",
+# The single account of an environment-only setup: its fields and their variables, and how errors
+# name its other fields (the share fields together, the secret by its variable).
+_ENV_ACCOUNT = {"app_id": "JSSDK_APP_ID", "secret_file": "JSSDK_APP_SECRET_FILE",
+                "allowed_hosts": "JSSDK_ALLOWED_HOSTS", "token_api": "JSSDK_TOKEN_API",
+                "js_api_list": "JSSDK_JS_API_LIST", "open_tag_list": "JSSDK_OPEN_TAG_LIST"}  # fmt: skip
+_ENV_SHARE = {"title": "JSSDK_SHARE_TITLE", "desc": "JSSDK_SHARE_DESC", "imgUrl": "JSSDK_SHARE_IMG_URL",
               "link": "JSSDK_SHARE_LINK"}  # fmt: skip
-_ACCOUNT_KEYS = {"name", "app_id", "secret_env", "secret_file", "allowed_hosts", "token_api", "js_api_list",
-                 "open_tag_list", "share"}  # fmt: skip
+_ENV_NAMES = {**_ENV_ACCOUNT, "name": "JSSDK_APP_ID", "secret": "JSSDK_APP_SECRET", "secret_env": "JSSDK_APP_SECRET",
+              "share": "JSSDK_SHARE"}  # fmt: skip
 
 
-def _account_from_env(env: Mapping[str, str]) -> Account:
-    """The single account of an environment-only setup."""
-    app_id = env.get("JSSDK_APP_ID", "")
-    if not app_id:
+def _env_account(env: Mapping[str, str]) -> dict[str, Any]:
+    """The environment's single account, as an `[[accounts]]` table would give it."""
+    if not env.get("JSSDK_APP_ID"):
         raise ConfigError("JSSDK_APP_ID", "is required (or give a config file with [[accounts]])")
-    raw: dict[str, Any] = {
-        "app_id": app_id,
-        "allowed_hosts": env.get("JSSDK_ALLOWED_HOSTS", ""),
-        "token_api": env.get("JSSDK_TOKEN_API") or "stable",
-        "js_api_list": env.get("JSSDK_JS_API_LIST") or list(DEFAULT_JS_API_LIST),
-        "open_tag_list": env.get("JSSDK_OPEN_TAG_LIST") or [],
-        "share": {key: env[var] for key, var in _SHARE_ENV.items() if env.get(var)},
-    }
-    secret = _secret(env.get("JSSDK_APP_SECRET"), env.get("JSSDK_APP_SECRET_FILE"), _ENV_FIELDS.__getitem__)
-    return _build_account(raw, secret, _ENV_FIELDS.__getitem__)
+    entry: dict[str, Any] = {key: env[variable] for key, variable in _ENV_ACCOUNT.items() if env.get(variable)}
+    entry["share"] = {key: env[variable] for key, variable in _ENV_SHARE.items() if env.get(variable)}
+    if env.get("JSSDK_APP_SECRET"):
+        entry["secret_env"] = "JSSDK_APP_SECRET"  # noqa: S105 (the variable's name): read as a file account's is
+    return _split_lists(entry, AccountTable)
 
 
-def _account_from_table(entry: Any, where: str, env: Mapping[str, str]) -> Account:
-    """One `[[accounts]]` table; fields are named `accounts[i].field` in errors."""
+def _file_account(entry: Any, index: int) -> Any:
+    """An `[[accounts]]` table, its lists split, for the conversion (which names any other problem)."""
     if not isinstance(entry, dict):
-        raise ConfigError(where, "must be a table")
-
-    def name_of(key: str) -> str:
-        return f"{where}.{key}"
-
-    unknown = sorted(set(entry) - _ACCOUNT_KEYS)
-    if "secret" in unknown:
-        raise ConfigError(name_of("secret"), "secrets never go in the file; use secret_env or secret_file")
-    if unknown:
-        raise ConfigError(name_of(unknown[0]), "unknown field")
-    secret_env = entry.get("secret_env")
-    if secret_env is not None and not env.get(str(secret_env)):
-        raise ConfigError(name_of("secret_env"), f"environment variable {secret_env!r} is not set")
-    secret = _secret(env.get(str(secret_env)) if secret_env else None, entry.get("secret_file"), name_of)
-    return _build_account(entry, secret, name_of)
+        return entry
+    if "secret" in entry:
+        raise ConfigError(f"accounts[{index}].secret", "secrets never go in the file; use secret_env or secret_file")
+    return _split_lists(entry, AccountTable)
 
 
-def _build_account(raw: Mapping[str, Any], secret: Secret, name_of: Callable[[str], str]) -> Account:
-    app_id = raw.get("app_id")
-    if not isinstance(app_id, str) or not _APP_ID.fullmatch(app_id):
-        raise ConfigError(name_of("app_id"), f"{app_id!r} is not an appId" if app_id else "is required")
-    name = raw.get("name", app_id)
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ConfigError(name_of("name"), f"{name!r} is not a valid name (letters, digits, '.', '_', '-')")
-    token_api = raw.get("token_api", "stable")
-    if token_api not in ("stable", "classic"):
-        raise ConfigError(name_of("token_api"), f"has value {token_api!r}; expected 'stable' or 'classic'")
-    hosts = _allowed_hosts(raw.get("allowed_hosts"), name_of("allowed_hosts"))
+def _account(table: AccountTable, index: int, env: Mapping[str, str], name_of: Callable[[FieldPath], str]) -> Account:
+    def where(*path: str | int) -> str:
+        return name_of(("accounts", index, *path))
+
+    hosts = _allowed_hosts(table.allowed_hosts, where("allowed_hosts"))
     return Account(
-        name=name,
-        app_id=app_id,
-        secret=secret,
+        name=table.name or table.app_id,
+        app_id=table.app_id,
+        secret=_secret(table, env, where),
         allowed_hosts=hosts,
-        token_api=cast(TokenAPI, token_api),
-        js_api_list=_string_list(
-            raw.get("js_api_list", list(DEFAULT_JS_API_LIST)), name_of("js_api_list"), allow_empty=False
-        ),
-        open_tag_list=_string_list(raw.get("open_tag_list", []), name_of("open_tag_list")),
-        share=_share_policy(_table(raw, "share", name_of("share")), name_of("share"), hosts),
+        token_api=table.token_api,
+        js_api_list=table.js_api_list,
+        open_tag_list=table.open_tag_list,
+        share=_share_policy(table.share, where, hosts),
     )
 
 
-def _secret(value: str | None, file: Any, name_of: Callable[[str], str]) -> Secret:
-    if file:
+def _secret(table: AccountTable, env: Mapping[str, str], where: Callable[[str], str]) -> Secret:
+    value = env.get(table.secret_env) if table.secret_env else None
+    if table.secret_env and not value:
+        raise ConfigError(where("secret_env"), f"environment variable {table.secret_env!r} is not set")
+    if table.secret_file:
         try:
-            value = Path(str(file)).read_text(encoding="utf-8").strip()
+            value = Path(table.secret_file).read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise ConfigError(name_of("secret_file"), f"cannot read {str(file)!r}: {exc.strerror}") from None
+            raise ConfigError(where("secret_file"), f"cannot read {table.secret_file!r}: {exc.strerror}") from None
         if not value:
-            raise ConfigError(name_of("secret_file"), f"{str(file)!r} is empty")
+            raise ConfigError(where("secret_file"), f"{table.secret_file!r} is empty")
     if not value:
-        raise ConfigError(name_of("secret"), "an AppSecret is required (set it, or point to a file that holds it)")
+        raise ConfigError(where("secret"), "an AppSecret is required (set it, or point to a file that holds it)")
     return Secret(value)
 
 
-def _allowed_hosts(value: Any, field_name: str) -> tuple[str, ...]:
-    items = _string_list(value, field_name, allow_empty=False)
+def _allowed_hosts(items: Sequence[str], field_name: str) -> tuple[str, ...]:
     hosts = []
     for item in items:
         host = normalise_domain(item)
@@ -274,37 +405,16 @@ def _allowed_hosts(value: Any, field_name: str) -> tuple[str, ...]:
     return tuple(hosts)
 
 
-def _string_list(value: Any, field_name: str, *, allow_empty: bool = True) -> tuple[str, ...]:
-    if isinstance(value, str):
-        items = [part.strip() for part in value.split(",") if part.strip()]
-    elif isinstance(value, list) and all(isinstance(item, str) for item in value):
-        items = [item.strip() for item in value if item.strip()]
-    else:
-        raise ConfigError(field_name, "must be a list of strings (or a comma-separated string)")
-    if not items and not allow_empty:
-        raise ConfigError(field_name, "is required and must not be empty")
-    return tuple(items)
+def _share_policy(table: ShareTable, where: Callable[..., str], hosts: Sequence[str]) -> SharePolicy:
+    rules = (
+        ShareRule(rule.path, _share_fields(rule, where("share", "rules", i), hosts))
+        for i, rule in enumerate(table.rules)
+    )
+    return SharePolicy(defaults=_share_fields(table, where("share"), hosts), rules=tuple(rules))
 
 
-def _share_policy(table: dict[str, Any], where: str, hosts: Sequence[str]) -> SharePolicy:
-    rules_raw = table.get("rules", [])
-    if not isinstance(rules_raw, list):
-        raise ConfigError(f"{where}.rules", "must be an array of tables ([[...share.rules]])")
-    defaults = _share_fields({k: v for k, v in table.items() if k != "rules"}, where, hosts)
-    rules = []
-    for i, rule in enumerate(rules_raw):
-        rule_where = f"{where}.rules[{i}]"
-        if not isinstance(rule, dict):
-            raise ConfigError(rule_where, "must be a table")
-        pattern = rule.get("path")
-        if not isinstance(pattern, str) or not pattern.startswith("/"):
-            raise ConfigError(f"{rule_where}.path", "is required and must start with '/'")
-        fields = _share_fields({k: v for k, v in rule.items() if k != "path"}, rule_where, hosts)
-        rules.append(ShareRule(pattern, fields))
-    return SharePolicy(defaults=defaults, rules=tuple(rules))
-
-
-def _share_fields(data: dict[str, Any], where: str, hosts: Sequence[str]) -> ShareFields:
+def _share_fields(table: ShareFieldsTable, where: str, hosts: Sequence[str]) -> ShareFields:
+    data = {"title": table.title, "desc": table.desc, "link": table.link, "imgUrl": table.img_url}
     try:
         fields = share_fields_from_mapping(data, where=where)
         check_link_domain(fields, hosts, where=where)
@@ -320,67 +430,3 @@ def _check_unique(accounts: Sequence[Account]) -> None:
             if key in seen and seen[key] != i:
                 raise ConfigError(f"accounts[{i}]", f"name or app_id {key!r} is already used by accounts[{seen[key]}]")
             seen[key] = i
-
-
-def _api_bases(value: Any, field_name: str) -> tuple[str, ...]:
-    bases = _string_list(value, field_name, allow_empty=False)
-    for base in bases:
-        parts = urlsplit(base)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError(field_name, f"{base!r} is not an http(s) base URL")
-    return tuple(base.rstrip("/") for base in bases)
-
-
-def _cache_url(value: Any) -> str:
-    text = str(value)
-    if urlsplit(text).scheme not in ("memory", "redis", "rediss"):
-        raise ConfigError("JSSDK_CACHE_URL", f"has value {text!r}; expected memory:// or redis://host:port/db")
-    return text
-
-
-def _log_format(value: Any) -> LogFormat:
-    text = str(value).lower()
-    if text not in ("json", "text"):
-        raise ConfigError("JSSDK_LOG_FORMAT", f"has value {value!r}; expected json or text")
-    return cast(LogFormat, text)
-
-
-def _flag(value: Any, field_name: str) -> bool:
-    text = str(value).lower()
-    if text not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-        raise ConfigError(field_name, f"has value {value!r}; expected true or false")
-    return text in ("1", "true", "yes", "on")
-
-
-def _log_level(value: Any) -> str:
-    level = str(value).upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        raise ConfigError("JSSDK_LOG_LEVEL", f"has value {value!r}; expected DEBUG, INFO, WARNING or ERROR")
-    return level
-
-
-def _seconds(value: Any, field_name: str, *, allow_zero: bool = False) -> float:
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = -1.0
-    above_zero = seconds >= 0 if allow_zero else seconds > 0
-    if not (above_zero and seconds <= 3600):
-        lowest = "from 0" if allow_zero else "between 0"
-        raise ConfigError(field_name, f"has value {value!r}; expected seconds {lowest} and 3600")
-    return seconds
-
-
-def _count(value: Any, field_name: str, upper: int) -> int:
-    text = str(value)
-    if not text.isdigit() or not 0 < int(text) <= upper:
-        raise ConfigError(field_name, f"has value {text!r}; expected a whole number from 1 to {upper}")
-    return int(text)
-
-
-def parse_port(value: Any, field_name: str) -> int:
-    """A TCP port number; `field_name` is named in the error."""
-    text = str(value)
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise ConfigError(field_name, f"has value {text!r}; not a valid port (1-65535)")
-    return int(text)

@@ -23,7 +23,7 @@ import logging
 import random
 import secrets
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -38,6 +38,7 @@ from jssdk_service.errors import (
     UpstreamRejected,
     UpstreamUnavailable,
 )
+from jssdk_service.quotas import UpstreamUsage, next_china_midnight
 from jssdk_service.scheduler import Turn, UpstreamScheduler
 from jssdk_service.tokens import AccessToken, JsapiTicket, Position, Spread
 from jssdk_service.wechat import WeChatClient
@@ -47,24 +48,14 @@ log = logging.getLogger("jssdk_service.credentials")
 C = TypeVar("C", AccessToken, JsapiTicket)
 
 RECENT_TICKETS = 5
-# How long a fleet refresh lock lives if its holder dies: longer than a whole refresh may take
-# (token and ticket calls, and both again after a refused token, each within its 15 s deadline).
-LOCK_LEASE = 75.0
 # How often a process waiting on another's refresh looks for its result.
 LOCK_POLL = 0.05
-# How long a request may wait for a refresh before it is answered 503 with Retry-After.
-REQUEST_WAIT = 5.0
 # Background refreshers started per turn of the event loop at start-up.
 START_BATCH = 200
-# Published daily quotas per API (WECHAT.md §1); getticket's is not published.
-KNOWN_DAILY_QUOTAS = {"token": 2000, "stable_token": 500_000}
-QUOTA_WARNING = 0.8
 # Negative caching: a rejected configuration is retried on a slow, growing schedule.
 REJECTED_RETRY = (30.0, 900.0)
 # A failure with nothing usable left blocks new upstream attempts briefly, growing to a cap.
 UNAVAILABLE_RETRY = (1.0, 30.0)
-# WeChat's daily quotas reset at midnight China Standard Time.
-_CHINA_UTC_OFFSET = 8 * 3600
 # Accounts whose daily quota is spent resume over this many seconds after midnight, not all at once.
 RESUME_SPREAD = 60.0
 
@@ -92,9 +83,11 @@ class AccountStatus:
 class RefreshRules:
     """How the accounts of a store keep their credentials: one object, shared by them all."""
 
+    lock_lease: float
+    """How long a fleet refresh lock lives if its holder dies (`Settings.lock_lease`)."""
+    request_wait: float
+    """How long a request may wait for a refresh before it is answered 503 with Retry-After."""
     clock: Callable[[], float] = time.time
-    lock_lease: float = LOCK_LEASE
-    request_wait: float = REQUEST_WAIT
     usage: UpstreamUsage | None = None
     rng: random.Random = field(default_factory=random.Random)
     """Jitter for backoffs, and the start order."""
@@ -362,7 +355,7 @@ class AccountCredentials:
         # Jitter everywhere: N accounts failing together must not come back together.
         jitter = self._random.uniform
         if isinstance(exc, QuotaExhausted):
-            self._blocked_until = _next_china_midnight(now) + jitter(0, RESUME_SPREAD)
+            self._blocked_until = next_china_midnight(now) + jitter(0, RESUME_SPREAD)
         elif isinstance(exc, RateLimited):
             self._blocked_until = jitter((now // 60 + 1) * 60, now + 60)  # some time in the next minute
         elif isinstance(exc, UpstreamRejected):
@@ -459,9 +452,8 @@ class CredentialStore:
         client: WeChatClient,
         cache: SharedCache,
         *,
-        rules: RefreshRules | None = None,
+        rules: RefreshRules,
     ) -> None:
-        rules = rules or RefreshRules()
         self._by_app_id = {a.app_id: AccountCredentials(a, client, cache, rules) for a in accounts}
         self._clock = rules.clock
         self._random = rules.rng
@@ -524,46 +516,6 @@ class CredentialStore:
         return Readiness(ready=ready, total=len(self._by_app_id), unready=tuple(unready))
 
 
-class UpstreamUsage:
-    """Upstream calls per account, API and China day, counted in the shared cache (the fleet counts together).
-
-    `record` is a WeChat client call observer (sync, no I/O); `flush` adds what was recorded to
-    the shared counters and warns once a day per API at 80% of a published quota.
-    """
-
-    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
-        self._clock = clock
-        self._pending: Counter[tuple[str, str]] = Counter()
-        self._warned: set[str] = set()
-
-    def record(self, app_id: str, api: str, outcome: str) -> None:
-        if app_id:
-            self._pending[(app_id, api)] += 1
-
-    async def flush(self, cache: SharedCache) -> None:
-        pending, self._pending = self._pending, Counter()
-        for (app_id, api), calls in pending.items():
-            key = self._key(app_id, api)
-            count = await cache.increment(key, calls, 2 * 86400)
-            quota = KNOWN_DAILY_QUOTAS.get(api)
-            if count is not None and quota is not None and count >= QUOTA_WARNING * quota and key not in self._warned:
-                self._warned.add(key)
-                log.warning("app=%s %s calls today: %d of the daily quota of %d", app_id, api, count, quota)
-
-    async def today(self, cache: SharedCache, app_id: str) -> dict[str, int]:
-        """Calls to each API today (China time) for `app_id`, across the fleet."""
-        return {api: await cache.counter(self._key(app_id, api)) for api in ("token", "stable_token", "getticket")}
-
-    def _key(self, app_id: str, api: str) -> str:
-        day = int((self._clock() + _CHINA_UTC_OFFSET) // 86400)
-        return f"{app_id}:calls:{api}:{day}"
-
-
 def _backoff(bounds: tuple[float, float], failures: int) -> float:
     first, cap = bounds
     return min(cap, first * 2.0 ** max(0, failures - 1))
-
-
-def _next_china_midnight(now: float) -> float:
-    day, offset = 86400, _CHINA_UTC_OFFSET
-    return ((now + offset) // day + 1) * day - offset

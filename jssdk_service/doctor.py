@@ -30,31 +30,20 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import quote, unquote
 
+from jssdk_service import shapes
 from jssdk_service.config import Account
-from jssdk_service.errors import InvalidRequest, InvalidURL
-from jssdk_service.pageurl import MAX_URL_LENGTH, PageURL, host_allowed, parse_page_url
+from jssdk_service.errors import InvalidURL
+from jssdk_service.pageurl import PageURL, host_allowed, parse_page_url
+from jssdk_service.shapes import Finding, Severity
 from jssdk_service.signing import strip_fragment
 from jssdk_service.tokens import JsapiTicket
 
-Severity = Literal["error", "warning", "info", "ok"]
 _WORST_FIRST: dict[Severity, int] = {"error": 0, "warning": 1, "info": 2, "ok": 3}
-
-# The doctor's JSON string fields and their longest accepted length (a URL may arrive encoded).
-_TEXT_FIELDS = {
-    "url": 3 * MAX_URL_LENGTH,
-    "landingUrl": 3 * MAX_URL_LENGTH,
-    "appId": 64,
-    "signature": 128,
-    "nonceStr": 128,
-    "userAgent": 1024,
-    "errMsg": 1024,
-}
-FIELDS = (*_TEXT_FIELDS, "timestamp")
 
 _ENCODED_URL = re.compile(r"https?%3a%2f%2f", re.IGNORECASE)
 _AUTHORITY = re.compile(r"(https?)://([^/?#]*)(.*)", re.IGNORECASE | re.DOTALL)
@@ -66,18 +55,6 @@ _URI_COMPONENT_SAFE = "!*'()"
 MAX_OTHERS = 4
 # How many accounts, or domains, a message lists.
 _LISTED = 5
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """One thing the doctor found: a stable `code`, how bad it is, and what to do, for a human."""
-
-    code: str
-    severity: Severity
-    message: str
-
-    def to_json(self) -> dict[str, str]:
-        return {"code": self.code, "severity": self.severity, "message": self.message}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -102,47 +79,21 @@ class AccountTickets:
     tickets: Sequence[JsapiTicket]
 
 
-def evidence_from_mapping(data: Mapping[str, Any]) -> Evidence:
-    """Read the doctor's JSON fields; raise `InvalidRequest` (`InvalidURL` for the URLs) naming the field."""
-    unknown = sorted(set(data) - set(FIELDS))
-    if unknown:
-        raise InvalidRequest(f"unknown field {unknown[0]!r} (expected {', '.join(FIELDS)})")
-    text: dict[str, str | None] = {}
-    for key, limit in _TEXT_FIELDS.items():
-        value = data.get(key)
-        error = InvalidURL if key in ("url", "landingUrl") else InvalidRequest
-        if value is not None and not isinstance(value, str):
-            raise error(f"{key} must be a string")
-        if value is not None and len(value) > limit:
-            raise error(f"{key} is longer than {limit} characters")
-        text[key] = value or None
-    if text["url"] is None:
-        raise InvalidURL("url is required: the page's location.href")
-    signature = text["signature"]
+def evidence_from_body(body: shapes.Evidence) -> Evidence:
+    """The evidence a page sent, with empty fields as absent and the timestamp as a number; its URLs checked."""
+    timestamp = body.timestamp
+    page_url(body.url)
+    _landing(body.landing_url or None)
     return Evidence(
-        url=text["url"],
-        app_id=text["appId"],
-        signature=None if signature is None else signature.lower(),
-        nonce=text["nonceStr"],
-        timestamp=_timestamp(data.get("timestamp")),
-        landing_url=text["landingUrl"],
-        user_agent=text["userAgent"],
-        err_msg=text["errMsg"],
+        url=body.url,
+        app_id=body.app_id or None,
+        signature=body.signature.lower() if body.signature else None,
+        nonce=body.nonce_str or None,
+        timestamp=int(timestamp) if timestamp not in (None, "") else None,
+        landing_url=body.landing_url or None,
+        user_agent=body.user_agent or None,
+        err_msg=body.err_msg or None,
     )
-
-
-def _timestamp(value: Any) -> int | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
-        number = int(value)
-    else:
-        raise InvalidRequest("timestamp must be the integer (or string of digits) passed to wx.config")
-    if not 0 <= number < 2**63:
-        raise InvalidRequest("timestamp is out of range")
-    return number
 
 
 def is_ios_wechat(user_agent: str) -> bool:

@@ -6,8 +6,13 @@
     │   ├── InvalidRequest          the body or a parameter is malformed
     │   ├── InvalidURL              the page URL cannot be signed
     │   ├── InvalidShare            a share override is malformed
+    │   ├── Unauthorized            an admin request without the bearer token
     │   ├── HostNotAllowed          the URL's host is not a JS secure domain of the account
-    │   └── UnknownApp              no configured account has that name or appId
+    │   ├── UnknownApp              no configured account has that name or appId
+    │   ├── NotFound                no route has that path
+    │   ├── MethodNotAllowed        the route has no such method (`allowed` lists those it has)
+    │   ├── PayloadTooLarge         the body is over the limit
+    │   └── RefreshLimited          WeChat's force_refresh limits; `retry_after` says when the next is allowed
     └── UpstreamError               WeChat did not give us a credential (the web layer answers 503)
         ├── UpstreamUnavailable     busy (-1), HTTP 5xx, timeout, connection failure, retries exhausted
         │   └── RateLimited         45011: the minute quota; try again next minute
@@ -17,9 +22,16 @@
 
 Messages never carry an AppSecret or an access_token: the WeChat client scrubs both from whatever
 WeChat says before it builds one of these.
+
+`STATUS` gives each class its HTTP status and error code (the most specific class in the MRO
+wins); the web layer renders every error a client sees from it, and the OpenAPI document lists
+each operation's errors from it.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 
 class JssdkError(Exception):
@@ -31,6 +43,10 @@ class JssdkError(Exception):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r})"
+
+    def headers(self) -> dict[str, str]:
+        """The response headers this error adds to its answer (the names are in its `ErrorKind`)."""
+        return {}
 
 
 class ConfigError(JssdkError):
@@ -66,6 +82,43 @@ class UnknownApp(RequestError):
     """`app` names no configured account, or is missing while several are configured."""
 
 
+class Unauthorized(RequestError):
+    """An admin request without `Authorization: Bearer <admin token>`."""
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="jssdk-service admin"'}
+
+
+class NotFound(RequestError):
+    """No route has that path."""
+
+
+class MethodNotAllowed(RequestError):
+    """The path exists, the method does not; `allowed` are the methods it has."""
+
+    def __init__(self, message: str, *, allowed: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.allowed = allowed
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": ",".join(self.allowed)}
+
+
+class PayloadTooLarge(RequestError):
+    """The body is larger than the service reads."""
+
+
+class RefreshLimited(RequestError):
+    """A forced refresh WeChat would refuse (its force_refresh limits); asking WeChat is skipped."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": _seconds(self.retry_after)}
+
+
 class UpstreamError(JssdkError):
     """WeChat did not hand out a credential; `app_id` and `api` say which account and call.
 
@@ -78,6 +131,9 @@ class UpstreamError(JssdkError):
         self.app_id = app_id
         self.api = api
         self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after is None else {"Retry-After": _seconds(self.retry_after)}
 
 
 class UpstreamUnavailable(UpstreamError):
@@ -109,3 +165,43 @@ class TokenInvalid(UpstreamError):
         super().__init__(f"WeChat errcode {errcode}: {errmsg}", app_id=app_id, api=api)
         self.errcode = errcode
         self.errmsg = errmsg
+
+
+def _seconds(value: float) -> str:
+    """A `Retry-After` value: whole seconds, at least one."""
+    return str(max(1, math.ceil(value)))
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorKind:
+    """How the web layer answers an error class: a status, a stable code, and the headers it may set."""
+
+    status: int
+    code: str
+    headers: tuple[str, ...] = ()
+
+
+STATUS: dict[type[JssdkError], ErrorKind] = {
+    InvalidRequest: ErrorKind(400, "invalid_request"),
+    InvalidURL: ErrorKind(400, "invalid_url"),
+    InvalidShare: ErrorKind(400, "invalid_share"),
+    Unauthorized: ErrorKind(401, "unauthorized", ("WWW-Authenticate",)),
+    HostNotAllowed: ErrorKind(403, "host_not_allowed"),
+    UnknownApp: ErrorKind(404, "unknown_app"),
+    NotFound: ErrorKind(404, "not_found"),
+    MethodNotAllowed: ErrorKind(405, "method_not_allowed", ("Allow",)),
+    PayloadTooLarge: ErrorKind(413, "payload_too_large"),
+    RefreshLimited: ErrorKind(429, "refresh_limited", ("Retry-After",)),
+    UpstreamRejected: ErrorKind(503, "upstream_rejected", ("Retry-After",)),
+    UpstreamUnavailable: ErrorKind(503, "upstream_unavailable", ("Retry-After",)),
+}
+INTERNAL = ErrorKind(500, "internal_error")
+
+
+def kind_of(exc: JssdkError) -> ErrorKind:
+    """The status and code `exc` is answered with: its most specific class in `STATUS`."""
+    for cls in type(exc).__mro__:
+        kind = STATUS.get(cls)
+        if kind is not None:
+            return kind
+    return INTERNAL

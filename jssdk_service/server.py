@@ -15,16 +15,20 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from multiprocessing.connection import Connection
+from typing import Annotated, Any
 
+import msgspec
 import uvloop
 from aiohttp import web
+from msgspec import Meta
 
 from jssdk_service import logs
-from jssdk_service.app import LIFECYCLE, STORE, create_app
-from jssdk_service.config import Settings, load_settings
+from jssdk_service.app import create_app
+from jssdk_service.config import Settings, Table, convert, layered, load_settings
 from jssdk_service.errors import ConfigError
+from jssdk_service.keys import LIFECYCLE, STORE
 from jssdk_service.sandbox import DEMO_APP_ID, SandboxAccount, SandboxServer, WeChatSandbox, closed_port_url
 
 log = logging.getLogger("jssdk_service.server")
@@ -34,64 +38,49 @@ DEMO_ALLOWED_HOSTS = "localhost,127.0.0.1,example.com"
 CLOSE_GRACE = 0.5
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SandboxOptions:
-    """How the in-process WeChat emulator of `serve --sandbox` behaves (and fails, for rehearsals)."""
+Rate = Annotated[float, Meta(ge=0, le=1)]
 
-    expires_in: int = 7200
-    error_rates: Mapping[int, float] = field(default_factory=dict)
-    http500_rate: float = 0.0
-    reset_rate: float = 0.0
-    delay: float = 0.0
+
+class SandboxOptions(Table, frozen=True, kw_only=True):
+    """How the in-process WeChat emulator of `serve --sandbox` behaves (and fails, for rehearsals).
+
+    Each is a flag `--sandbox-<name>` and a variable `JSSDK_SANDBOX_<NAME>`; `errors` is
+    `ERRCODE:RATE,...`, the share of calls answered with each errcode.
+    """
+
+    expires_in: Annotated[int, Meta(ge=1, le=86400)] = 7200
+    error_rates: dict[int, Rate] = msgspec.field(default_factory=dict, name="errors")
+    http500_rate: Rate = 0.0
+    reset_rate: Rate = 0.0
+    delay: Annotated[float, Meta(ge=0, le=60)] = 0.0
     dead_base: bool = False
 
 
+_SANDBOX_VARIABLES = {"expires_in": "JSSDK_SANDBOX_EXPIRES_IN", "errors": "JSSDK_SANDBOX_ERRORS",
+                      "http500_rate": "JSSDK_SANDBOX_HTTP500_RATE", "reset_rate": "JSSDK_SANDBOX_RESET_RATE",
+                      "delay": "JSSDK_SANDBOX_DELAY", "dead_base": "JSSDK_SANDBOX_DEAD_BASE"}  # fmt: skip
+
+
 def sandbox_options(flags: Mapping[str, str | None], env: Mapping[str, str]) -> SandboxOptions:
-    """Options from `--sandbox-*` flags, falling back to `JSSDK_SANDBOX_*` variables.
+    """Options from `--sandbox-*` flags (by option name: the flag's text, or None), else `JSSDK_SANDBOX_*` variables."""
+    data, names = layered(SandboxOptions, _SANDBOX_VARIABLES, env, {}, flags)
+    if "errors" in data:
+        data["errors"] = _error_rates(data["errors"], names["errors"])
+    options = convert(data, SandboxOptions, lambda path: names[str(path[0])])
+    if sum(options.error_rates.values()) > 1:
+        raise ConfigError(names["errors"], "rates must be from 0 to 1 and add up to at most 1")
+    return options
 
-    `flags` maps option names (`errors`, `http500_rate`, ...) to the flag's text or None.
-    """
 
-    def value(name: str) -> tuple[str, str | None]:
-        flag = flags.get(name)
-        env_name = f"JSSDK_SANDBOX_{name.upper()}"
-        if flag is not None:
-            return f"--sandbox-{name.replace('_', '-')}", flag
-        return env_name, env.get(env_name) or None
-
-    def number(name: str, default: float, upper: float) -> float:
-        where, text = value(name)
-        if text is None:
-            return default
-        try:
-            parsed = float(text)
-        except ValueError:
-            parsed = -1.0
-        if not 0 <= parsed <= upper:
-            raise ConfigError(where, f"has value {text!r}; expected a number from 0 to {upper:g}")
-        return parsed
-
-    where, errors_text = value("errors")
-    error_rates: dict[int, float] = {}
-    for item in (errors_text or "").split(","):
-        if not item.strip():
-            continue
-        code, _, rate = item.partition(":")
-        try:
-            error_rates[int(code)] = float(rate)
-        except ValueError:
-            raise ConfigError(where, f"{item.strip()!r} is not ERRCODE:RATE (e.g. -1:0.3,45011:0.05)") from None
-    if sum(error_rates.values()) > 1 or any(rate < 0 for rate in error_rates.values()):
-        raise ConfigError(where, "rates must be from 0 to 1 and add up to at most 1")
-    _, dead_base = value("dead_base")
-    return SandboxOptions(
-        expires_in=int(number("expires_in", 7200, 86400)) or 7200,
-        error_rates=error_rates,
-        http500_rate=number("http500_rate", 0.0, 1.0),
-        reset_rate=number("reset_rate", 0.0, 1.0),
-        delay=number("delay", 0.0, 60.0),
-        dead_base=dead_base not in (None, "", "0", "false", "no"),
-    )
+def _error_rates(text: str, where: str) -> dict[str, str]:
+    """`-1:0.3,45011:0.05` as `{"-1": "0.3", "45011": "0.05"}`, for the conversion to check."""
+    rates = {}
+    for item in filter(None, (item.strip() for item in text.split(","))):
+        code, colon, rate = item.partition(":")
+        if not colon or not code.removeprefix("-").isdigit():
+            raise ConfigError(where, f"{item!r} is not ERRCODE:RATE (e.g. -1:0.3,45011:0.05)")
+        rates[code] = rate
+    return rates
 
 
 def sandbox_environment(env: Mapping[str, str], config_path: str | None) -> dict[str, str]:
@@ -398,12 +387,18 @@ def configure_logging(settings: Settings) -> None:
 
 
 def run(
-    env: Mapping[str, str], config_path: str | None, *, sandbox: SandboxOptions | None = None, workers: int = 1
+    env: Mapping[str, str],
+    config_path: str | None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    sandbox: SandboxOptions | None = None,
+    workers: int = 1,
 ) -> None:
-    """Load the settings and serve them on uvloop, in one process or `workers`."""
+    """Load the settings (`overrides`: `[service]` values from flags) and serve them on uvloop, in one
+    process or `workers`."""
     if sandbox is not None:
         env = sandbox_environment(env, config_path)
-    settings = load_settings(env, config_path)
+    settings = load_settings(env, config_path, overrides=overrides)
     if workers > 1 and settings.cache_url.startswith("memory:"):
         raise ConfigError(
             "--workers",

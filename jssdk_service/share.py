@@ -16,10 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-from jssdk_service.errors import InvalidShare
+from jssdk_service.errors import HostNotAllowed, InvalidShare, InvalidURL
 from jssdk_service.pageurl import PageURL, parse_page_url, require_allowed
 
 SHARE_KEYS = ("title", "desc", "link", "imgUrl")
+# `link` and `imgUrl`: an http(s) URL, or a reference relative to the page (no other scheme), with
+# no white space or control character in it. The OpenAPI document carries the same pattern.
+REFERENCE_PATTERN = r"^(?:[Hh][Tt][Tt][Pp][Ss]?://|(?![A-Za-z][A-Za-z0-9+.-]*:))[^\x00-\x20\x7f]+$"
+_REFERENCE = re.compile(REFERENCE_PATTERN)
 _FALLBACK_IMAGE = "/favicon.ico"
 
 
@@ -83,7 +87,7 @@ class SharePolicy:
 
 
 def share_fields_from_mapping(data: Mapping[str, Any], *, where: str) -> ShareFields:
-    """Read `title`, `desc`, `link`, `imgUrl` from a JSON object or TOML table; raise `InvalidShare`."""
+    """Read `title`, `desc`, `link`, `imgUrl` from a TOML table; raise `InvalidShare`."""
     values: dict[str, str] = {}
     for key in SHARE_KEYS:
         value = data.get(key)
@@ -95,23 +99,29 @@ def share_fields_from_mapping(data: Mapping[str, Any], *, where: str) -> ShareFi
     unknown = sorted(set(data) - set(SHARE_KEYS))
     if unknown:
         raise InvalidShare(f"{where} has unknown field {unknown[0]!r} (expected {', '.join(SHARE_KEYS)})")
-    fields = ShareFields(
-        title=values.get("title"), desc=values.get("desc"), link=values.get("link"), img_url=values.get("imgUrl")
-    )
-    if fields.img_url is not None:
-        _check_http_reference(fields.img_url, where=f"{where}.imgUrl")
-    if fields.link is not None:
-        _check_http_reference(fields.link, where=f"{where}.link")
-    return fields
+    return share_fields(
+        title=values.get("title"), desc=values.get("desc"), link=values.get("link"), img_url=values.get("imgUrl"),
+        where=where,
+    )  # fmt: skip
+
+
+def share_fields(
+    *, title: str | None, desc: str | None, link: str | None, img_url: str | None, where: str
+) -> ShareFields:
+    """Share fields whose `link` and `imgUrl` are http(s) URLs or references relative to the page."""
+    if img_url is not None:
+        _check_http_reference(img_url, where=f"{where}.imgUrl")
+    if link is not None:
+        _check_http_reference(link, where=f"{where}.link")
+    return ShareFields(title=title, desc=desc, link=link, img_url=img_url)
 
 
 def _check_http_reference(value: str, *, where: str) -> None:
     """An absolute http(s) URL, or a reference relative to the page (a path); nothing else."""
-    scheme = urlsplit(value).scheme.lower()
-    if scheme and scheme not in ("http", "https"):
-        raise InvalidShare(f"{where} must be an http(s) URL or a path relative to the page")
     if not value.strip():
         raise InvalidShare(f"{where} must not be empty")
+    if not _REFERENCE.match(value):
+        raise InvalidShare(f"{where} must be an http(s) URL or a path relative to the page, without spaces")
 
 
 def check_link_domain(fields: ShareFields, allowed_hosts: Collection[str], *, where: str) -> None:
@@ -119,7 +129,11 @@ def check_link_domain(fields: ShareFields, allowed_hosts: Collection[str], *, wh
     if fields.link is None or not urlsplit(fields.link).netloc:
         return
     absolute = fields.link if urlsplit(fields.link).scheme else "https:" + fields.link
-    require_allowed(parse_page_url(absolute).host, allowed_hosts, what=f"{where}.link")
+    try:
+        host = parse_page_url(absolute).host
+    except InvalidURL:
+        raise HostNotAllowed(f"{where}.link has no host that could be a JS secure domain") from None
+    require_allowed(host, allowed_hosts, what=f"{where}.link")
 
 
 def share_payloads(

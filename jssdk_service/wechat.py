@@ -49,6 +49,10 @@ CallObserver = Callable[[str, str, str], None]
 """Called once per HTTP call to WeChat with (app_id, api, outcome): "ok", an errcode, or an exception name."""
 
 
+# What tests put under the client instead of the network (an httpx transport).
+Transport = httpx.AsyncBaseTransport
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RetryPolicy:
     """How hard one credential fetch tries before it gives up."""
@@ -94,7 +98,7 @@ class WeChatClient:
         observers: Sequence[CallObserver] = (),
         clock: Callable[[], float] = time.time,
         scheduler: UpstreamScheduler | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: Transport | None = None,
     ) -> None:
         self._bases = tuple(bases)
         self._policy = policy = policy or RetryPolicy()

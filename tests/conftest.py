@@ -1,56 +1,46 @@
-"""Shared fixtures: the sandbox WeChat and the service, both over real HTTP on loopback."""
+"""Shared fixtures: the sandbox WeChat and the service, both over real HTTP on loopback, and a real Redis."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import os
-import re
-import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 from aiohttp import web
 
-from jssdk_service.app import STORE, create_app
-from jssdk_service.config import Account, Secret, Settings
+from jssdk_service.app import create_app
+from jssdk_service.cache import RedisCache
+from jssdk_service.config import Settings
 from jssdk_service.sandbox import SandboxAccount, SandboxServer, WeChatSandbox
-from jssdk_service.share import SharePolicy
 from jssdk_service.wechat import RetryPolicy
 
-APP_ID = "wx1234567890abcdef"
-SECRET = "s3cr3t-app-secret-value-0123456789"
-OTHER_APP_ID = "wxfedcba0987654321"
-OTHER_SECRET = "other-secret-value-abcdefghijklmnop"
-HOSTS = ("example.com", "localhost", "127.0.0.1")
-FAST_RETRY = RetryPolicy(deadline=3.0, base_delay=0.01, max_delay=0.05, base_cooldown=30.0)
-
-
-def make_account(**overrides: Any) -> Account:
-    """The test account: signs for example.com, localhost and 127.0.0.1."""
-    fields: dict[str, Any] = {
-        "name": "main",
-        "app_id": APP_ID,
-        "secret": Secret(SECRET),
-        "allowed_hosts": HOSTS,
-        "share": SharePolicy(),
-    }
-    fields.update(overrides)
-    return Account(**fields)
-
-
-@dataclass
-class RunningService:
-    """A service under test: its base URL and the running application."""
-
-    url: str
-    app: web.Application
-    runner: web.AppRunner
-
-    def credentials(self, app_id: str = APP_ID) -> Any:
-        return self.app[STORE][app_id]
+from .helpers import (
+    ACCOUNT_ENV,
+    APP_ID,
+    CLI,
+    FAST_RETRY,
+    OTHER_APP_ID,
+    OTHER_SECRET,
+    SECRET,
+    Fleet,
+    Process,
+    RedisServer,
+    RunningService,
+    ServiceFactory,
+    clean_environment,
+    free_port,
+    make_account,
+    require_binary,
+    start_process,
+    stop_process,
+    wait_answering,
+)
 
 
 @pytest.fixture
@@ -68,9 +58,6 @@ async def sandbox_url(sandbox: WeChatSandbox) -> AsyncIterator[str]:
     server = SandboxServer(sandbox)
     yield await server.start()
     await server.stop()
-
-
-ServiceFactory = Callable[..., Awaitable[RunningService]]
 
 
 @pytest.fixture
@@ -118,22 +105,49 @@ def all_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixt
     yield caplog
 
 
-def metric_sample(text: str, name: str, **labels: str) -> float | None:
-    """The value of the sample of `name` with (at least) `labels` in a Prometheus text exposition."""
-    for line in text.splitlines():
-        found = re.fullmatch(rf"{name}\{{(.*)\}} (\S+)", line)
-        if found and all(f'{key}="{value}"' in found.group(1) for key, value in labels.items()):
-            return float(found.group(2))
-    return None
+@pytest.fixture
+async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    """A real redis-server, killed at the end."""
+    server = RedisServer(require_binary("redis-server"), tmp_path)
+    await server.start()
+    yield server
+    await server.kill()
 
 
-def require_binary(name: str) -> str:
-    """The path of a binary the test needs: skipped locally when missing, a failure under CI=true."""
-    path = shutil.which(name) or next(
-        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.access(p, os.X_OK)), None
-    )
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is required under CI=true but is not installed")
-        pytest.skip(f"{name} is not installed")
-    return path
+@pytest.fixture
+async def redis_client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    """A plain client of `redis_server` that decodes what it reads."""
+    client = aioredis.Redis(port=redis_server.port, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def redis_cache(redis_server: RedisServer) -> AsyncIterator[RedisCache]:
+    """The service's Redis cache on `redis_server`, closed at the end."""
+    cache = RedisCache(redis_server.url)
+    yield cache
+    await cache.close()
+
+
+@pytest.fixture
+async def fleet(sandbox_url: str, redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[Fleet]:
+    """Start N `jssdk-service serve` processes against the sandbox and the Redis server, logging to service-<n>.log."""
+    processes: list[Process] = []
+
+    async def start(count: int, **env_overrides: str) -> list[str]:
+        started: list[tuple[Process, str, Path]] = []
+        for _ in range(count):
+            port = free_port()
+            env = clean_environment(**{**ACCOUNT_ENV, "JSSDK_WECHAT_API_BASE": sandbox_url,
+                                       "JSSDK_CACHE_URL": redis_server.url, "JSSDK_PORT": str(port),
+                                       **env_overrides})  # fmt: skip
+            log = tmp_path / f"service-{len(processes)}.log"
+            processes.append(await start_process(log, [*CLI, "serve"], env))
+            started.append((processes[-1], f"http://127.0.0.1:{port}", log))
+        for process, url, log in started:
+            await wait_answering(process, f"{url}/healthz", every=0.05, log=log)
+        return [url for _, url, _ in started]
+
+    yield start
+    await asyncio.gather(*(stop_process(process) for process in processes))

@@ -12,7 +12,7 @@ from jssdk_service.config import Secret
 from jssdk_service.sandbox import WeChatSandbox, closed_port_url
 from jssdk_service.share import ShareFields, SharePolicy, ShareRule
 
-from .conftest import APP_ID, OTHER_APP_ID, OTHER_SECRET, SECRET, RunningService, ServiceFactory, make_account
+from .helpers import APP_ID, OTHER_APP_ID, OTHER_SECRET, SECRET, RunningService, ServiceFactory, make_account, verifies
 
 PAGE = "https://example.com/p?a=1#top"
 
@@ -27,18 +27,6 @@ async def post(http: aiohttp.ClientSession, url: str, **kwargs: Any) -> tuple[in
         return response.status, dict(response.headers), await response.json()
 
 
-def assert_verifies(sandbox: WeChatSandbox, config: dict[str, Any], url: str) -> None:
-    """The config passes WeChat's own check for `url`."""
-    verdict = sandbox.verify_config(
-        config["appId"],
-        url=url,
-        nonce=config["nonceStr"],
-        timestamp=config["timestamp"],
-        signature=config["signature"],
-    )
-    assert verdict == "config:ok"
-
-
 async def test_share_returns_a_verifiable_config_and_two_payloads(
     service: RunningService, sandbox: WeChatSandbox, http: aiohttp.ClientSession
 ) -> None:
@@ -51,7 +39,7 @@ async def test_share_returns_a_verifiable_config_and_two_payloads(
     assert set(config) == {"appId", "timestamp", "nonceStr", "signature", "jsApiList"}
     assert config["appId"] == APP_ID
     assert config["jsApiList"] == ["updateAppMessageShareData", "updateTimelineShareData"]
-    assert_verifies(sandbox, config, "https://example.com/p?a=1")
+    assert verifies(sandbox, config, "https://example.com/p?a=1")
     assert set(body["appMessage"]) == {"title", "desc", "link", "imgUrl"}
     assert set(body["timeline"]) == {"title", "link", "imgUrl"}
     assert body["appMessage"]["link"] == body["timeline"]["link"] == "https://example.com/p?a=1"
@@ -73,7 +61,7 @@ async def test_tricky_urls_are_signed_raw(
     """Unicode paths, encoded queries, ports and bare hosts verify exactly as the browser sent them."""
     status, _, config = await get(http, f"{service.url}/v1/signature", params={"url": url + "#frag"})
     assert status == 200
-    assert_verifies(sandbox, config, url)
+    assert verifies(sandbox, config, url)
 
 
 async def test_post_forms_match_the_get_forms(
@@ -82,10 +70,10 @@ async def test_post_forms_match_the_get_forms(
     """POST /v1/signature and /v1/share take the same fields as JSON."""
     status, headers, config = await post(http, f"{service.url}/v1/signature", json={"url": PAGE, "app": "main"})
     assert (status, headers["Cache-Control"]) == (200, "no-store")
-    assert_verifies(sandbox, config, "https://example.com/p?a=1")
+    assert verifies(sandbox, config, "https://example.com/p?a=1")
     status, _, body = await post(http, f"{service.url}/v1/share", json={"url": PAGE, "app": APP_ID})
     assert status == 200
-    assert_verifies(sandbox, body["config"], "https://example.com/p?a=1")
+    assert verifies(sandbox, body["config"], "https://example.com/p?a=1")
 
 
 async def test_share_rules_and_overrides(
@@ -120,7 +108,7 @@ async def test_several_accounts_are_selected_by_app(
             http, f"{service.url}/v1/signature", params={"url": "https://other.com/", "app": app}
         )
         assert (status, config["appId"]) == (200, OTHER_APP_ID)
-        assert_verifies(sandbox, config, "https://other.com/")
+        assert verifies(sandbox, config, "https://other.com/")
     status, _, body = await get(http, f"{service.url}/v1/signature", params={"url": "https://other.com/"})
     assert (status, body["error"]["code"]) == (404, "unknown_app")
     status, _, body = await get(
@@ -268,7 +256,7 @@ async def test_share_page_picks_the_rule_when_the_signed_url_differs(
     landing, current = "https://example.com/app/", "https://example.com/app/orders/42?tab=items"
     status, _, body = await post(http, f"{service.url}/v1/share", json={"url": landing, "page": current})
     assert status == 200
-    assert_verifies(sandbox, body["config"], landing)
+    assert verifies(sandbox, body["config"], landing)
     assert body["appMessage"]["title"] == "Order"
     assert body["appMessage"]["link"] == body["timeline"]["link"] == current
     status, _, body = await post(http, f"{service.url}/v1/share", json={"url": landing, "page": "https://evil.com/"})

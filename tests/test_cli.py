@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -18,19 +13,22 @@ import pytest
 from jssdk_service.sandbox import DEMO_APP_ID
 from jssdk_service.signing import sign_url
 
-CLI = [sys.executable, "-m", "jssdk_service"]
+from .helpers import CLI, OFFICIAL_VECTORS, clean_environment, serving
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("JSSDK_")}
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=30, env={**clean, **(env or {})})
+    """`jssdk-service *args` in a clean environment plus `env`, to its end."""
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=30, env=clean_environment(**(env or {}))
+    )
 
 
 def test_sign_prints_the_official_vector() -> None:
     """`sign` computes a signature offline."""
-    result = run("sign", "--ticket", "sM4AOVdWfPE4DxkXGEs8VMCPGGVi4C3VM0P37wVUCFvkVAy_90u5h9nbSlYy3-Sl-HhTdfl2fzFy1AOcHKP7qg",
-                 "--nonce", "Wm3WZYTPz0wzccnW", "--timestamp", "1414587457", "http://mp.weixin.qq.com?params=value")  # fmt: skip
-    assert (result.returncode, result.stdout.strip()) == (0, "0f9de62fce790f9a083d5c99e95740ceb90c27ed")
+    vector = OFFICIAL_VECTORS[0]
+    result = run("sign", "--ticket", vector.ticket, "--nonce", vector.nonce, "--timestamp", str(vector.timestamp),
+                 vector.url)  # fmt: skip
+    assert (result.returncode, result.stdout.strip()) == (0, vector.signature)
 
 
 def test_check_config_accepts_a_good_setup() -> None:
@@ -76,37 +74,12 @@ def test_bad_serve_options_are_one_clear_line(args: tuple[str, ...], env: dict[s
     assert field in result.stderr
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
-def sandbox_service(tmp_path: Path) -> Iterator[str]:
-    """`jssdk-service serve --sandbox` as a newcomer starts it, on a free port."""
-    port = free_port()
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("JSSDK_")}
-    log = tmp_path / "serve.log"
-    with log.open("w") as output:
-        process = subprocess.Popen([*CLI, "serve", "--sandbox", "--port", str(port)], env=clean,
-                                   stdout=output, stderr=subprocess.STDOUT)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "serve --sandbox did not become ready"
-            time.sleep(0.1)
+async def sandbox_service(tmp_path: Path) -> AsyncIterator[str]:
+    """`jssdk-service serve --sandbox` as a newcomer starts it, on a free port; it must exit 0 on SIGTERM."""
+    async with serving(tmp_path / "serve.log", ready="/readyz") as (url, process):
         yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=10) == 0
+    assert process.returncode == 0
 
 
 def test_serve_sandbox_answers_the_readme_request(sandbox_service: str) -> None:

@@ -24,7 +24,7 @@ import yaml
 from jssdk_service.config import Settings, load_settings
 from jssdk_service.sandbox import closed_port_url
 
-from .conftest import RunningService
+from .helpers import RunningService
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

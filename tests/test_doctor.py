@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import sys
 import time
 from typing import Any
 from urllib.parse import quote
@@ -14,10 +12,10 @@ import pytest
 from prometheus_client import REGISTRY
 
 from jssdk_service.config import Secret
-from jssdk_service.pageside import RECENT_REPORTS
+from jssdk_service.reports import RECENT_REPORTS
 from jssdk_service.sandbox import WeChatSandbox
 
-from .conftest import APP_ID, OTHER_APP_ID, OTHER_SECRET, RunningService, ServiceFactory, make_account
+from .helpers import APP_ID, CLI, OTHER_APP_ID, OTHER_SECRET, RunningService, ServiceFactory, make_account, wechat_sha1
 
 PAGE = "https://example.com/shop/item?id=7"
 IOS = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 MicroMessenger/8.0.47"
@@ -48,8 +46,7 @@ def by_code(answer: Any, code: str) -> dict[str, str]:
 
 def sign_as_given(ticket: str, evidence: dict[str, Any], url: str) -> str:
     """The signature a hand-rolled signer that makes `url`'s mistake computes with the same ticket and nonce."""
-    plain = f"jsapi_ticket={ticket}&noncestr={evidence['nonceStr']}&timestamp={evidence['timestamp']}&url={url}"
-    return hashlib.sha1(plain.encode()).hexdigest()
+    return wechat_sha1(ticket, evidence["nonceStr"], evidence["timestamp"], url)
 
 
 def current_ticket(sandbox: WeChatSandbox) -> str:
@@ -383,7 +380,7 @@ async def test_doctor_and_report_answer_cors_for_page_origins(
 async def run_cli(*args: str) -> tuple[int, str, str]:
     """`jssdk-service` in a child process, awaited so that the service in this event loop keeps answering."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "jssdk_service", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        *CLI, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
     out, err = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode is not None

@@ -6,12 +6,8 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import orjson
@@ -21,135 +17,25 @@ import redis.asyncio as aioredis
 from jssdk_service.cache import RedisCache
 from jssdk_service.sandbox import WeChatSandbox
 
-from .conftest import APP_ID, SECRET, metric_sample, require_binary
-
-PAGE = "https://example.com/p"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class RedisServer:
-    """A real redis-server on a free loopback port, that a test may kill and start again."""
-
-    def __init__(self, binary: str, workdir: Path, *, password: str | None = None) -> None:
-        self.binary = binary
-        self.workdir = workdir
-        self.password = password
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", str(self.workdir), *(["--requirepass", self.password] if self.password else []),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
-        client = aioredis.Redis(port=self.port, password=self.password)
-        try:
-            for _ in range(100):
-                with contextlib.suppress(OSError, aioredis.ConnectionError):
-                    if await client.ping():
-                        return
-                await asyncio.sleep(0.05)
-            raise RuntimeError("redis-server did not start")
-        finally:
-            await client.aclose()
-
-    async def kill(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.kill()
-            await self.process.wait()
-
-
-@pytest.fixture
-async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    server = RedisServer(require_binary("redis-server"), tmp_path)
-    await server.start()
-    yield server
-    await server.kill()
-
-
-@pytest.fixture
-async def redis_client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis(port=redis_server.port, decode_responses=True)
-    yield client
-    await client.aclose()
-
-
-Fleet = Callable[..., Awaitable[list[str]]]
-
-
-@pytest.fixture
-async def fleet(sandbox_url: str, redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[Fleet]:
-    """Start N `jssdk-service serve` processes against the sandbox and the Redis server."""
-    processes: list[asyncio.subprocess.Process] = []
-
-    async def start(count: int, **env_overrides: str) -> list[str]:
-        urls = []
-        base_env = {k: v for k, v in os.environ.items() if not k.startswith("JSSDK_")}
-        for _ in range(count):
-            port = free_port()
-            env = {**base_env, "JSSDK_APP_ID": APP_ID, "JSSDK_APP_SECRET": SECRET,
-                   "JSSDK_ALLOWED_HOSTS": "example.com", "JSSDK_WECHAT_API_BASE": sandbox_url,
-                   "JSSDK_CACHE_URL": redis_server.url, "JSSDK_PORT": str(port), **env_overrides}  # fmt: skip
-            log = (tmp_path / f"service-{len(processes)}.log").open("wb")
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "jssdk_service", "serve", env=env, stdout=log, stderr=log
-            )
-            log.close()
-            processes.append(process)
-            urls.append(f"http://127.0.0.1:{port}")
-        async with aiohttp.ClientSession() as http:
-            for n, url in enumerate(urls):
-                deadline = time.monotonic() + 20
-                while True:
-                    with contextlib.suppress(aiohttp.ClientError):
-                        async with http.get(f"{url}/healthz") as response:
-                            if response.status == 200:
-                                break
-                    assert time.monotonic() < deadline, f"service {n} did not start"
-                    await asyncio.sleep(0.05)
-        return urls
-
-    yield start
-    for process in processes:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-    for process in processes:
-        await process.wait()
-
-
-async def sign(http: aiohttp.ClientSession, url: str, page: str = PAGE) -> tuple[int, Any]:
-    async with http.get(f"{url}/v1/signature", params={"url": page}) as response:
-        return response.status, await response.json()
-
-
-def check_signature(sandbox: WeChatSandbox, config: dict[str, Any], signed_at: float, page: str = PAGE) -> None:
-    ticket = sandbox.ticket_that_signed(config["appId"], url=page, nonce=config["nonceStr"],
-                                        timestamp=config["timestamp"], signature=config["signature"])  # fmt: skip
-    assert ticket is not None, "the signature matches no ticket"
-    assert ticket.expires_at > signed_at, "signed with an expired ticket"
-
-
-async def steady_traffic(http: aiohttp.ClientSession, urls: list[str], sandbox: WeChatSandbox, seconds: float) -> int:
-    """Requests round the fleet for `seconds`; every one must succeed with a live ticket."""
-    deadline = time.monotonic() + seconds
-    done = 0
-    while time.monotonic() < deadline:
-        results = await asyncio.gather(*(sign(http, url) for url in urls))
-        signed_at = time.time()
-        for status, body in results:
-            assert status == 200, body
-            check_signature(sandbox, body, signed_at - 1)
-        done += len(results)
-        await asyncio.sleep(0.03)
-    return done
+from .helpers import (
+    APP_ID,
+    PAGE,
+    Fleet,
+    RedisServer,
+    assert_signed_live,
+    clean_environment,
+    free_port,
+    logged,
+    metric_sample,
+    require_binary,
+    sandbox_command,
+    short_lifetimes,
+    sign,
+    start_process,
+    steady_traffic,
+    stop_process,
+    worker_pids,
+)
 
 
 async def test_a_cold_burst_over_three_processes_costs_one_token_and_one_ticket(
@@ -161,7 +47,7 @@ async def test_a_cold_burst_over_three_processes_costs_one_token_and_one_ticket(
     results = await asyncio.gather(*(sign(http, urls[i % 3], f"{PAGE}?n={i}") for i in range(300)))
     assert {status for status, _ in results} == {200}
     for i, (_, config) in enumerate(results):
-        check_signature(sandbox, config, 0, f"{PAGE}?n={i}")
+        assert_signed_live(sandbox, config, 0, f"{PAGE}?n={i}")
     assert (sandbox.count("stable_token"), sandbox.count("getticket")) == (1, 1)
 
 
@@ -169,11 +55,9 @@ async def test_short_classic_tokens_under_fleet_traffic_never_see_40001(
     fleet: Fleet, sandbox: WeChatSandbox, http: aiohttp.ClientSession
 ) -> None:
     """Classic tokens living 3 s (old ones dying 0.5 s after a new one) under steady traffic: no 40001, no failure."""
-    sandbox.token_expires_in = 3
-    sandbox.ticket_expires_in = 3
-    sandbox.classic_overlap = 0.5
+    short_lifetimes(sandbox, 3, classic_overlap=0.5)
     urls = await fleet(3, JSSDK_TOKEN_API="classic")
-    done = await steady_traffic(http, urls, sandbox, 10)
+    done = await steady_traffic(http, sandbox, urls, 10, pause=0.03, slack=1)
     assert done > 150
     assert [c for c in sandbox.calls if c.errcode != 0] == []
     # One refresh per lifetime for the whole fleet, not one per process.
@@ -187,18 +71,17 @@ async def test_killing_redis_mid_traffic_fails_no_request(
     http: aiohttp.ClientSession,
 ) -> None:
     """Redis dies under traffic across refreshes: every request succeeds, /readyz says degraded, and Redis is used again."""
-    sandbox.token_expires_in = 3
-    sandbox.ticket_expires_in = 3
+    short_lifetimes(sandbox, 3)
     urls = await fleet(3)
-    await steady_traffic(http, urls, sandbox, 2)
+    await steady_traffic(http, sandbox, urls, 2, pause=0.03, slack=1)
     await redis_server.kill()
-    await steady_traffic(http, urls, sandbox, 4)
+    await steady_traffic(http, sandbox, urls, 4, pause=0.03, slack=1)
     async with http.get(f"{urls[0]}/readyz") as response:
         body = await response.json()
     assert response.status == 200
     assert body["cache"]["ok"] is False and "degraded" in body
     await redis_server.start()
-    await steady_traffic(http, urls, sandbox, 4)
+    await steady_traffic(http, sandbox, urls, 4, pause=0.03, slack=1)
     for url in urls:
         async with http.get(f"{url}/readyz") as response:
             assert (await response.json())["cache"]["ok"] is True
@@ -227,58 +110,52 @@ async def test_a_dead_lock_holder_delays_refresh_by_at_most_its_lease(
     while len(sandbox.tickets(APP_ID)) < 2:
         status, config = await sign(http, url)
         assert status == 200
-        check_signature(sandbox, config, time.time() - 1)
+        assert_signed_live(sandbox, config, time.time() - 1)
         assert time.time() < locked_at + lease + 1.0, "refresh waited longer than the lease"
         await asyncio.sleep(0.05)
     renewed_at = sandbox.tickets(APP_ID)[1].issued_at
     assert locked_at + lease - 0.2 <= renewed_at <= locked_at + lease + 0.5
 
 
-async def test_redis_cache_primitives(redis_server: RedisServer) -> None:
+async def test_redis_cache_primitives(redis_server: RedisServer, redis_cache: RedisCache) -> None:
     """The Redis cache stores records with a TTL, compares before deleting, counts, and locks per owner."""
-    cache = RedisCache(redis_server.url)
-    try:
-        await cache.set("k", {"value": "a", "n": 1}, 0.3)
-        assert await cache.get("k") == {"value": "a", "n": 1}
-        assert await cache.delete_if_value("k", "b") is False
-        assert await cache.delete_if_value("k", "a") is True
-        assert await cache.get("k") is None
-        await cache.set("short", {"value": "x"}, 0.2)
-        await asyncio.sleep(0.3)
-        assert await cache.get("short") is None
-        assert await cache.increment("c", 2, 60) == 2
-        assert await cache.increment("c", 3, 60) == 5
-        assert await cache.counter("c") == 5
-        assert await cache.acquire("lock", "one", 5) is True
-        assert await cache.acquire("lock", "two", 5) is False
-        await cache.release("lock", "two")
-        assert await cache.acquire("lock", "two", 5) is False
-        await cache.release("lock", "one")
-        assert await cache.acquire("lock", "two", 5) is True
-        assert cache.health() == {"backend": "redis", "url": redis_server.url, "ok": True}
-    finally:
-        await cache.close()
+    cache = redis_cache
+    await cache.set("k", {"value": "a", "n": 1}, 0.3)
+    assert await cache.get("k") == {"value": "a", "n": 1}
+    assert await cache.delete_if_value("k", "b") is False
+    assert await cache.delete_if_value("k", "a") is True
+    assert await cache.get("k") is None
+    await cache.set("short", {"value": "x"}, 0.2)
+    await asyncio.sleep(0.3)
+    assert await cache.get("short") is None
+    assert await cache.increment("c", 2, 60) == 2
+    assert await cache.increment("c", 3, 60) == 5
+    assert await cache.counter("c") == 5
+    assert await cache.acquire("lock", "one", 5) is True
+    assert await cache.acquire("lock", "two", 5) is False
+    await cache.release("lock", "two")
+    assert await cache.acquire("lock", "two", 5) is False
+    await cache.release("lock", "one")
+    assert await cache.acquire("lock", "two", 5) is True
+    assert cache.health() == {"backend": "redis", "url": redis_server.url, "ok": True}
 
 
 async def test_redis_outage_degrades_instead_of_failing(
-    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+    redis_server: RedisServer, redis_cache: RedisCache, caplog: pytest.LogCaptureFixture
 ) -> None:
     """With Redis gone, reads miss, locks are granted locally, the outage is logged once, and recovery is noticed."""
-    cache = RedisCache(redis_server.url)
-    try:
-        await cache.set("k", {"value": "a"}, 60)
-        await redis_server.kill()
-        for _ in range(5):
-            assert await cache.get("k") is None
-        assert await cache.acquire("lock", "me", 5) is True
-        assert cache.health()["ok"] is False
-        assert len([r for r in caplog.records if "unreachable" in r.getMessage()]) == 1
-        await redis_server.start()
+    cache = redis_cache
+    await cache.set("k", {"value": "a"}, 60)
+    await redis_server.kill()
+    for _ in range(5):
         assert await cache.get("k") is None
-        assert cache.health()["ok"] is True
-        assert any("reachable again" in r.getMessage() for r in caplog.records)
-    finally:
-        await cache.close()
+    assert await cache.acquire("lock", "me", 5) is True
+    assert cache.health()["ok"] is False
+    assert logged(caplog, "unreachable") == 1
+    await redis_server.start()
+    assert await cache.get("k") is None
+    assert cache.health()["ok"] is True
+    assert logged(caplog, "reachable again") > 0
 
 
 async def signs(http: aiohttp.ClientSession, url: str) -> bool:
@@ -287,23 +164,13 @@ async def signs(http: aiohttp.ClientSession, url: str) -> bool:
     return False
 
 
-def worker_pids(parent: int) -> list[int]:
-    """The worker processes `serve --workers` spawned (multiprocessing's helper process excluded)."""
-    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-    return [int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
-
-
 async def test_serve_workers_runs_n_processes_on_one_port(
     redis_server: RedisServer, http: aiohttp.ClientSession
 ) -> None:
     """`serve --sandbox --workers 3` answers on one port from three processes and replaces one that dies."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JSSDK_")}
-    env["JSSDK_CACHE_URL"] = redis_server.url
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "jssdk_service", "serve", "--sandbox", "--workers", "3", "--port", str(port),
-        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+    env = clean_environment(JSSDK_CACHE_URL=redis_server.url)
+    process = await start_process(None, sandbox_command(port, "--workers", "3"), env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -329,8 +196,7 @@ async def test_serve_workers_runs_n_processes_on_one_port(
                 assert served is not None and served >= 60, "metrics are not added up over the workers"
                 assert metric_sample(text, "jssdk_upstream_calls_total", api="getticket", outcome="ok") == 1
     finally:
-        process.send_signal(signal.SIGTERM)
-        assert await process.wait() == 0
+        assert await stop_process(process) == 0
 
 
 async def test_a_token_knocked_out_under_fleet_traffic_is_replaced_once(
@@ -339,9 +205,9 @@ async def test_a_token_knocked_out_under_fleet_traffic_is_replaced_once(
     """When the shared token dies upstream, the fleet fetches exactly one new token and fails no request."""
     sandbox.ticket_expires_in = 3
     urls = await fleet(3)
-    await steady_traffic(http, urls, sandbox, 1)
+    await steady_traffic(http, sandbox, urls, 1, pause=0.03, slack=1)
     sandbox.knock_out_tokens(APP_ID)
-    await steady_traffic(http, urls, sandbox, 4)
+    await steady_traffic(http, sandbox, urls, 4, pause=0.03, slack=1)
     assert sandbox.count("stable_token") == 2
     assert len([c for c in sandbox.calls if c.errcode == 40001]) == 1
 

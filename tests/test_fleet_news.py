@@ -21,25 +21,26 @@ import redis.asyncio as aioredis
 
 from jssdk_service.cache import NEWS_CHANNEL, RedisCache
 from jssdk_service.config import Secret
-from jssdk_service.sandbox import IssuedCredential, WeChatSandbox
+from jssdk_service.sandbox import WeChatSandbox
 
-from .conftest import APP_ID, SECRET, ServiceFactory, require_binary
-
-# The fixtures are imported from test_fleet, so test parameters of the same name shadow them:
-# ruff: noqa: F811
-from .test_fleet import PAGE, Fleet, RedisServer, fleet, redis_server, sign  # noqa: F401
+from .helpers import (
+    APP_ID,
+    SECRET,
+    Fleet,
+    RedisServer,
+    ServiceFactory,
+    logged,
+    readyz,
+    require_binary,
+    sign,
+    signing_ticket,
+)
 
 ADMIN_TOKEN = "admin-token-for-the-news-tests-0123456789"
 WRONG_PASSWORD = "not-the-redis-password-xyz"
 RIGHT_PASSWORD = "the-redis-password-abc"
 # The processes stop at once when the test ends (nothing is in flight to drain).
 QUICK_STOP = {"JSSDK_DRAIN_SECONDS": "0"}
-
-
-def signing_ticket(sandbox: WeChatSandbox, config: dict[str, Any], page: str = PAGE) -> IssuedCredential | None:
-    """The sandbox ticket that made the signature in `config` (None when none did)."""
-    return sandbox.ticket_that_signed(config["appId"], url=page, nonce=config["nonceStr"],
-                                      timestamp=config["timestamp"], signature=config["signature"])  # fmt: skip
 
 
 async def within(seconds: float, condition: Callable[[], Any], *, every: float = 0.2) -> float:
@@ -53,13 +54,6 @@ async def within(seconds: float, condition: Callable[[], Any], *, every: float =
             return time.monotonic() - started
         assert time.monotonic() - started < seconds, f"not within {seconds:g} s"
         await asyncio.sleep(every)
-
-
-async def readyz(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
-    """The body of the service's /readyz (200 or 503 alike)."""
-    async with http.get(f"{url}/readyz") as response:
-        body: dict[str, Any] = await response.json()
-        return body
 
 
 async def test_an_admin_refresh_in_one_process_is_used_by_another_within_a_second(
@@ -105,7 +99,7 @@ async def test_without_news_a_memory_cache_still_refreshes_and_is_ready(
     assert status == 200, config
     assert signing_ticket(sandbox, config) == sandbox.tickets(APP_ID)[-1]
     assert len(sandbox.tickets(APP_ID)) == 2
-    body = await readyz(http, running.url)
+    _, body = await readyz(http, running.url)
     assert body["cache"] == {"backend": "memory", "ok": True}
     assert "degraded" not in body
 
@@ -116,18 +110,18 @@ async def test_redis_stopped_and_started_with_no_traffic_shows_in_readyz_both_wa
     """With no signature traffic, /readyz reports the cache down within 5 s of Redis dying and up within 5 s of its return."""
     (url,) = await fleet(1, **QUICK_STOP)
     assert (await sign(http, url))[0] == 200
-    assert (await readyz(http, url))["cache"]["ok"] is True
+    assert (await readyz(http, url))[1]["cache"]["ok"] is True
     await redis_server.kill()
 
     async def down() -> bool:
-        body = await readyz(http, url)
+        _, body = await readyz(http, url)
         return body["cache"]["ok"] is False and "degraded" in body
 
     await within(5.0, down)
     await redis_server.start()
 
     async def up() -> bool:
-        body = await readyz(http, url)
+        _, body = await readyz(http, url)
         return body["cache"]["ok"] is True and "degraded" not in body
 
     await within(5.0, up)
@@ -183,9 +177,11 @@ async def stop_watching(watcher: asyncio.Task[None]) -> None:
         await watcher
 
 
-async def test_the_probe_notices_an_outage_and_its_end_with_no_operation(redis_server: RedisServer) -> None:
+async def test_the_probe_notices_an_outage_and_its_end_with_no_operation(
+    redis_server: RedisServer, redis_cache: RedisCache
+) -> None:
     """`watch()` alone turns health() false within 5 s of Redis dying and true within 5 s of its return, and stops when cancelled."""
-    cache = RedisCache(redis_server.url)
+    cache = redis_cache
     watcher = asyncio.create_task(cache.watch(lambda key: None))
     try:
         await asyncio.sleep(0.1)
@@ -194,33 +190,31 @@ async def test_the_probe_notices_an_outage_and_its_end_with_no_operation(redis_s
         await within(5.0, lambda: cache.health()["ok"] is True, every=0.1)
     finally:
         await stop_watching(watcher)
-        await cache.close()
     assert watcher.cancelled()
 
 
 async def test_connections_pooled_before_a_restart_work_once_redis_is_back(
-    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+    redis_server: RedisServer, redis_cache: RedisCache, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Once Redis is back, every operation succeeds, on connections pooled before the outage too, and the outage is logged once."""
-    cache = RedisCache(redis_server.url)
-    try:
-        # Two operations at once leave two connections in the pool.
-        await asyncio.gather(cache.set("a", {"value": "a"}, 60), cache.set("b", {"value": "b"}, 60))
-        await redis_server.kill()
-        assert await cache.get("a") is None
-        await redis_server.start()
-        await cache.set("k", {"value": "v"}, 60)
-        assert cache.health()["ok"] is True
-        assert list(await asyncio.gather(cache.get("k"), cache.get("k"))) == [{"value": "v"}, {"value": "v"}]
-        assert cache.health()["ok"] is True
-        assert len([r for r in caplog.records if "unreachable" in r.getMessage()]) == 1
-    finally:
-        await cache.close()
+    cache = redis_cache
+    # Two operations at once leave two connections in the pool.
+    await asyncio.gather(cache.set("a", {"value": "a"}, 60), cache.set("b", {"value": "b"}, 60))
+    await redis_server.kill()
+    assert await cache.get("a") is None
+    await redis_server.start()
+    await cache.set("k", {"value": "v"}, 60)
+    assert cache.health()["ok"] is True
+    assert list(await asyncio.gather(cache.get("k"), cache.get("k"))) == [{"value": "v"}, {"value": "v"}]
+    assert cache.health()["ok"] is True
+    assert logged(caplog, "unreachable") == 1
 
 
-async def test_the_listener_passes_on_other_processes_news_again_after_an_outage(redis_server: RedisServer) -> None:
+async def test_the_listener_passes_on_other_processes_news_again_after_an_outage(
+    redis_server: RedisServer, redis_cache: RedisCache
+) -> None:
     """`watch()` passes another sender's news on (never its own), and subscribes again once Redis is back."""
-    cache = RedisCache(redis_server.url)
+    cache = redis_cache
     heard: list[str] = []
     watcher = asyncio.create_task(cache.watch(heard.append))
     client = aioredis.Redis(port=redis_server.port)
@@ -247,7 +241,6 @@ async def test_the_listener_passes_on_other_processes_news_again_after_an_outage
     finally:
         await stop_watching(watcher)
         await client.aclose()
-        await cache.close()
     assert [key for key in heard if key.startswith("own-")] == [], "this cache's own news was passed on"
 
 

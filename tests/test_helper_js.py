@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 from prometheus_client import REGISTRY
 
-from .conftest import RunningService, ServiceFactory, require_binary
+from .helpers import RunningService, ServiceFactory, require_binary
 
 JS_TESTS = Path(__file__).parent / "js"
 

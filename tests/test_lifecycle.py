@@ -13,7 +13,6 @@ import os
 import signal
 import stat
 import subprocess
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -22,8 +21,17 @@ from pathlib import Path
 import orjson
 import pytest
 
-from .conftest import require_binary
-from .test_fleet import RedisServer, free_port, redis_server, worker_pids  # noqa: F401
+from .helpers import (
+    Process,
+    RedisServer,
+    clean_environment,
+    free_port,
+    require_binary,
+    sandbox_command,
+    start_process,
+    wait_answering,
+    worker_pids,
+)
 
 SIGN_TARGET = "/v1/signature?url=http%3A%2F%2Flocalhost%2F"
 REQUEST = f"GET {SIGN_TARGET} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
@@ -31,7 +39,6 @@ REQUEST = f"GET {SIGN_TARGET} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
 SIGNAL_LATENCY = 0.5
 CONNECTIONS = 16
 DRAIN_SECONDS = 2.0
-Process = asyncio.subprocess.Process
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,16 +81,9 @@ async def fetch(port: int, target: str, *, within: float = 5.0) -> Answer:
                 await writer.wait_closed()
 
 
-async def wait_signing(port: int, process: Process, *, seconds: float = 30.0) -> None:
+async def wait_signing(port: int, process: Process) -> None:
     """Until /v1/signature answers 200 on `port`."""
-    deadline = time.monotonic() + seconds
-    while True:
-        assert process.returncode is None, f"the service exited with {process.returncode}"
-        with contextlib.suppress(OSError, EOFError, TimeoutError):
-            if (await fetch(port, SIGN_TARGET, within=2.0)).status == 200:
-                return
-        assert time.monotonic() < deadline, "the service did not start signing"
-        await asyncio.sleep(0.1)
+    await wait_answering(process, f"http://127.0.0.1:{port}{SIGN_TARGET}", seconds=30.0)
 
 
 @dataclass
@@ -166,21 +166,9 @@ def assert_clean_exit(exit_code: int | None, log: Path) -> None:
     assert "Traceback" not in output, output
 
 
-def clean_environment(**overrides: str) -> dict[str, str]:
-    """This process's environment without the service's own variables, plus `overrides`."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("JSSDK_") and k not in ("PROMETHEUS_MULTIPROC_DIR", "XDG_RUNTIME_DIR")}  # fmt: skip
-    return {**env, "JSSDK_LOG_LEVEL": "WARNING", **overrides}
-
-
-async def start_service(log: Path, *command: str, env: dict[str, str]) -> Process:
-    """`command`, its stdout and stderr both into `log`."""
-    with log.open("wb") as output:
-        return await asyncio.create_subprocess_exec(*command, env=env, stdout=output, stderr=subprocess.STDOUT)
-
-
-def serve_command(port: int, *args: str) -> list[str]:
-    return [sys.executable, "-m", "jssdk_service", "serve", "--sandbox", "--port", str(port), *args]
+def quiet_environment(**overrides: str) -> dict[str, str]:
+    """A clean environment for the service, logging warnings only unless `overrides` say otherwise."""
+    return clean_environment(**{"JSSDK_LOG_LEVEL": "WARNING", **overrides})
 
 
 def children(pid: int) -> list[int]:
@@ -222,8 +210,8 @@ async def test_sigterm_under_keepalive_load_drains_without_dropping_a_request(tm
     """SIGTERM under keep-alive load: /readyz turns 503 "draining", every request written while draining is
     answered 200 with `Connection: close`, then the listener closes and the process exits 0 without a traceback."""
     port, log = free_port(), tmp_path / "service.log"
-    process = await start_service(
-        log, *serve_command(port), env=clean_environment(JSSDK_DRAIN_SECONDS=f"{DRAIN_SECONDS:g}")
+    process = await start_process(
+        log, sandbox_command(port), quiet_environment(JSSDK_DRAIN_SECONDS=f"{DRAIN_SECONDS:g}")
     )
     load = Load(port)
     try:
@@ -269,7 +257,7 @@ async def test_sigterm_under_keepalive_load_drains_without_dropping_a_request(tm
 async def test_a_second_sigterm_exits_at_once(tmp_path: Path) -> None:
     """A second SIGTERM during a 30-second drain ends the process within seconds, with exit code 1."""
     port, log = free_port(), tmp_path / "service.log"
-    process = await start_service(log, *serve_command(port), env=clean_environment(JSSDK_DRAIN_SECONDS="30"))
+    process = await start_process(log, sandbox_command(port), quiet_environment(JSSDK_DRAIN_SECONDS="30"))
     try:
         await wait_signing(port, process)
         process.send_signal(signal.SIGTERM)
@@ -286,13 +274,13 @@ async def test_a_second_sigterm_exits_at_once(tmp_path: Path) -> None:
 
 
 async def test_sighup_replaces_every_worker_without_failing_a_request(
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
     tmp_path: Path,
 ) -> None:
     """SIGHUP replaces both workers one at a time under keep-alive load: no request is refused or lost, all are 200."""
     port, log = free_port(), tmp_path / "service.log"
-    env = clean_environment(JSSDK_CACHE_URL=redis_server.url, JSSDK_DRAIN_SECONDS="1")
-    process = await start_service(log, *serve_command(port, "--workers", "2"), env=env)
+    env = quiet_environment(JSSDK_CACHE_URL=redis_server.url, JSSDK_DRAIN_SECONDS="1")
+    process = await start_process(log, sandbox_command(port, "--workers", "2"), env)
     load = Load(port)
     try:
         deadline = time.monotonic() + 30
@@ -346,13 +334,13 @@ def read_only(*directories: str) -> list[str]:
 
 
 async def test_workers_keep_their_metrics_in_dev_shm_when_tmp_is_read_only(
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
     tmp_path: Path,
 ) -> None:
     """With a read-only /tmp, `serve --workers 2` keeps its metrics in /dev/shm, signs, serves /metrics and exits 0."""
     port, log = free_port(), tmp_path / "service.log"
-    command = [*private_mount_namespace(), *read_only("/tmp"), *serve_command(port, "--workers", "2")]
-    process = await start_service(log, *command, env=clean_environment(JSSDK_CACHE_URL=redis_server.url))
+    command = [*private_mount_namespace(), *read_only("/tmp"), *sandbox_command(port, "--workers", "2")]
+    process = await start_process(log, command, quiet_environment(JSSDK_CACHE_URL=redis_server.url))
     try:
         await wait_signing(port, process)
         # unshare's child execs sh, which execs the supervisor.
@@ -387,10 +375,10 @@ def test_workers_exit_2_when_no_place_for_metrics_is_writable() -> None:
     command = [
         *private_mount_namespace(),
         *read_only("/tmp", "/dev/shm"),
-        *serve_command(free_port(), "--workers", "2"),
+        *sandbox_command(free_port(), "--workers", "2"),
     ]
     # It stops before any worker starts, so the Redis it is pointed at need not exist.
-    env = clean_environment(JSSDK_CACHE_URL=f"redis://127.0.0.1:{free_port()}/0")
+    env = quiet_environment(JSSDK_CACHE_URL=f"redis://127.0.0.1:{free_port()}/0")
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30, check=False)
     assert_one_line_naming_metrics_dir(result)
 
@@ -401,8 +389,8 @@ def test_workers_exit_2_when_jssdk_metrics_dir_is_not_a_writable_directory(tmp_p
     configured = tmp_path / "metrics"
     if kind == "a file":
         configured.write_text("not a directory")
-    env = clean_environment(JSSDK_CACHE_URL=f"redis://127.0.0.1:{free_port()}/0", JSSDK_METRICS_DIR=str(configured))
-    result = subprocess.run(serve_command(free_port(), "--workers", "2"), env=env, capture_output=True, text=True,
+    env = quiet_environment(JSSDK_CACHE_URL=f"redis://127.0.0.1:{free_port()}/0", JSSDK_METRICS_DIR=str(configured))
+    result = subprocess.run(sandbox_command(free_port(), "--workers", "2"), env=env, capture_output=True, text=True,
                             timeout=30, check=False)  # fmt: skip
     assert_one_line_naming_metrics_dir(result)
     assert str(configured) in result.stderr
@@ -420,8 +408,8 @@ async def test_slow_headers_and_idle_connections_are_closed_after_the_keepalive_
     """With JSSDK_KEEPALIVE_TIMEOUT=1, a connection with unfinished headers (new, or after an answer) or idle
     after an answer is closed by the server within seconds."""
     port, log = free_port(), tmp_path / "service.log"
-    process = await start_service(
-        log, *serve_command(port), env=clean_environment(JSSDK_KEEPALIVE_TIMEOUT="1", JSSDK_DRAIN_SECONDS="0")
+    process = await start_process(
+        log, sandbox_command(port), quiet_environment(JSSDK_KEEPALIVE_TIMEOUT="1", JSSDK_DRAIN_SECONDS="0")
     )
     connections: list[asyncio.StreamWriter] = []
     try:

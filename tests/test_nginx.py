@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,7 +24,7 @@ from yarl import URL
 from jssdk_service.config import Secret
 from jssdk_service.sandbox import WeChatSandbox, closed_port_url
 
-from .conftest import RunningService, ServiceFactory, require_binary
+from .helpers import RunningService, ServiceFactory, free_port, require_binary, verifies
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "deploy" / "nginx" / "templates" / "jssdk.conf.template"
 PLACEHOLDERS = ("LISTEN_PORT", "JSSDK_UPSTREAM")
@@ -56,12 +55,6 @@ def write_nginx_conf(prefix: Path, listen: str, upstream: str) -> Path:
         f"http {{\n    access_log {prefix / 'access.log'};\n{temp_paths}    include {rendered};\n}}\n"
     )
     return conf
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass
@@ -185,9 +178,7 @@ async def test_share_works_through_the_sidecar(
         body = await response.json()
         headers = response.headers
     config = body["config"]
-    verdict = sandbox.verify_config(config["appId"], url="https://example.com/p?a=1", nonce=config["nonceStr"],
-                                    timestamp=config["timestamp"], signature=config["signature"])  # fmt: skip
-    assert verdict == "config:ok"
+    assert verifies(sandbox, config, "https://example.com/p?a=1")
     assert headers["Content-Type"] == "application/json; charset=utf-8"
     assert headers["Cache-Control"] == "no-store"
     assert headers["Access-Control-Allow-Origin"] == "https://m.example.com"

@@ -5,14 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import aiohttp
@@ -22,50 +15,7 @@ from jssdk_service import logs
 from jssdk_service.config import Secret
 from jssdk_service.sandbox import DEMO_APP_ID
 
-from .conftest import SECRET, ServiceFactory, make_account, metric_sample
-
-PAGE = "https://example.com/p"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@contextmanager
-def serving(log: Path, *args: str, **env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """`serve --sandbox` on a free port with `env` added; stopped with SIGTERM (a clean shutdown) at the end."""
-    port = free_port()
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("JSSDK_") and k != "PROMETHEUS_MULTIPROC_DIR"}
-    with log.open("wb") as output:
-        process = subprocess.Popen([sys.executable, "-m", "jssdk_service", "serve", "--sandbox", "--port", str(port),
-                                    *args], env={**clean, **env}, stdout=output, stderr=subprocess.STDOUT)  # fmt: skip
-    try:
-        yield f"http://127.0.0.1:{port}", process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=10) == 0, log.read_text()
-
-
-async def wait_healthy(http: aiohttp.ClientSession, url: str) -> None:
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            async with http.get(f"{url}/healthz") as response:
-                if response.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        assert time.monotonic() < deadline, "the service did not start"
-        await asyncio.sleep(0.1)
-
-
-async def sign(http: aiohttp.ClientSession, url: str) -> int:
-    async with http.get(f"{url}/v1/signature", params={"url": PAGE}) as response:
-        await response.read()
-        return response.status
+from .helpers import ACCOUNT_ENV, PAGE, SECRET, ServiceFactory, make_account, metric_sample, serving, sign
 
 
 async def test_metrics_add_up_over_processes_sharing_a_directory(tmp_path: Path, http: aiohttp.ClientSession) -> None:
@@ -73,14 +23,17 @@ async def test_metrics_add_up_over_processes_sharing_a_directory(tmp_path: Path,
     shared = tmp_path / "metrics"
     shared.mkdir()
     env = {"PROMETHEUS_MULTIPROC_DIR": str(shared), "JSSDK_LOG_LEVEL": "WARNING"}
-    with serving(tmp_path / "a.log", **env) as (a, _), serving(tmp_path / "b.log", **env) as (b, b_process):
-        await asyncio.gather(wait_healthy(http, a), wait_healthy(http, b))
-        assert [await sign(http, a) for _ in range(3)] == [200] * 3
-        assert [await sign(http, b) for _ in range(2)] == [200] * 2
+    async with (
+        serving(tmp_path / "a.log", env=env) as (a, a_process),
+        serving(tmp_path / "b.log", env=env) as (b, b_process),
+    ):
+        assert [(await sign(http, a))[0] for _ in range(3)] == [200] * 3
+        assert [(await sign(http, b))[0] for _ in range(2)] == [200] * 2
         b_process.send_signal(signal.SIGTERM)  # B writes its numbers as it stops
-        assert b_process.wait(timeout=10) == 0
+        assert await asyncio.wait_for(b_process.wait(), 10) == 0
         async with http.get(f"{a}/metrics") as response:
             text = await response.text()
+    assert a_process.returncode == 0, (tmp_path / "a.log").read_text()
     assert metric_sample(text, "jssdk_http_requests_total", route="/v1/signature", status="200") == 5
     assert metric_sample(text, "jssdk_http_request_duration_seconds_count", route="/v1/signature") == 5
     assert metric_sample(text, "jssdk_http_request_duration_seconds_bucket", route="/v1/signature", le="+Inf") == 5
@@ -136,13 +89,12 @@ async def test_upstream_failures_are_logged_as_json_without_credentials(
 ) -> None:
     """WeChat refusing every call is logged, as JSON lines with request ids, and no secret reaches the log."""
     log = tmp_path / "service.log"
-    with serving(log, "--sandbox-errors", "40125:1", "--access-log", JSSDK_LOG_LEVEL="DEBUG",
-                 JSSDK_APP_ID="wx1234567890abcdef", JSSDK_APP_SECRET=SECRET,
-                 JSSDK_ALLOWED_HOSTS="example.com") as (url, _):  # fmt: skip
-        await wait_healthy(http, url)
-        assert [await sign(http, url) for _ in range(3)] == [503] * 3
+    env = {**ACCOUNT_ENV, "JSSDK_LOG_LEVEL": "DEBUG"}
+    async with serving(log, "--sandbox-errors", "40125:1", "--access-log", env=env) as (url, process):
+        assert [(await sign(http, url))[0] for _ in range(3)] == [503] * 3
         async with http.get(f"{url}/readyz") as response:
             assert response.status == 503
+    assert process.returncode == 0, log.read_text()
     entries = [orjson.loads(line) for line in log.read_text().splitlines()]
     assert any(e["logger"] == "jssdk_service.credentials" and "40125" in e["message"] for e in entries)
     failed = [e for e in entries if e["logger"] == "jssdk_service.access" and e["status"] == 503]

@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +15,21 @@ import pytest
 from jssdk_service.config import Secret
 from jssdk_service.sandbox import WeChatSandbox
 
-from .conftest import APP_ID, SECRET, RunningService, ServiceFactory, make_account, metric_sample
+from .helpers import (
+    ACCOUNT_ENV,
+    APP_ID,
+    PAGE,
+    SECRET,
+    RunningService,
+    ServiceFactory,
+    make_account,
+    metric_sample,
+    serving,
+    signing_ticket,
+)
 
 ADMIN = "admin-token-for-tests"
 BEARER = {"Authorization": f"Bearer {ADMIN}"}
-PAGE = "https://example.com/p"
 
 
 async def call(http: aiohttp.ClientSession, method: str, url: str, **kwargs: Any) -> tuple[int, Any, Any]:
@@ -97,8 +102,7 @@ async def test_admin_refresh_gets_a_new_ticket_and_keeps_stable_token_limits(
     assert (status, body["error"]["code"]) == (400, "invalid_request")
     # The new ticket signs.
     status, _, config = await call(http, "GET", f"{service.url}/v1/signature", params={"url": PAGE})
-    ticket = sandbox.ticket_that_signed(APP_ID, url=PAGE, nonce=config["nonceStr"], timestamp=config["timestamp"],
-                                        signature=config["signature"])  # fmt: skip
+    ticket = signing_ticket(sandbox, config)
     assert ticket is not None and ticket.value == sandbox.tickets(APP_ID)[-1].value
 
 
@@ -131,42 +135,11 @@ async def test_metrics_count_upstream_calls_requests_latency_and_ttls(
     assert "example.com" not in text and SECRET not in text
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def run_service(tmp_path: Path, *args: str, **env_overrides: str) -> tuple[subprocess.Popen[bytes], str, Path]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JSSDK_")}
-    env.update(JSSDK_APP_ID=APP_ID, JSSDK_APP_SECRET=SECRET, JSSDK_ALLOWED_HOSTS="example.com", **env_overrides)
-    log = tmp_path / "service.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen([sys.executable, "-m", "jssdk_service", "serve", "--sandbox", "--port", str(port),
-                                    *args], env=env, stdout=output, stderr=subprocess.STDOUT)  # fmt: skip
-    return process, f"http://127.0.0.1:{port}", log
-
-
-async def wait_ready(http: aiohttp.ClientSession, url: str) -> None:
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            async with http.get(f"{url}/readyz") as response:
-                if response.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        assert time.monotonic() < deadline, "the service did not become ready"
-        await asyncio.sleep(0.1)
-
-
 async def test_json_logs_carry_request_ids_and_never_a_credential(tmp_path: Path, http: aiohttp.ClientSession) -> None:
     """Every log line is a JSON object; access lines carry the request id; no secret, token or ticket is logged."""
-    process, url, log = run_service(tmp_path, "--access-log", "--sandbox-expires-in", "3",
-                                    JSSDK_LOG_LEVEL="DEBUG")  # fmt: skip
-    try:
-        await wait_ready(http, url)
+    log = tmp_path / "service.log"
+    env = {**ACCOUNT_ENV, "JSSDK_LOG_LEVEL": "DEBUG"}
+    async with serving(log, "--access-log", "--sandbox-expires-in", "3", env=env, ready="/readyz") as (url, _):
         status, headers, _ = await call(http, "GET", f"{url}/v1/share", params={"url": PAGE},
                                         headers={"X-Request-Id": "page-load-42"})  # fmt: skip
         assert (status, headers["X-Request-Id"]) == (200, "page-load-42")
@@ -174,9 +147,6 @@ async def test_json_logs_carry_request_ids_and_never_a_credential(tmp_path: Path
                                         headers={"X-Request-Id": "bad id with spaces"})  # fmt: skip
         assert status == 403 and re.fullmatch(r"[A-Za-z0-9._:=+-]{1,64}", headers["X-Request-Id"])
         await asyncio.sleep(3)  # a refresh or two
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=10)
     lines = log.read_text().splitlines()
     entries = [orjson.loads(line) for line in lines]
     assert all({"time", "level", "logger", "message"} <= set(entry) for entry in entries)
@@ -191,13 +161,9 @@ async def test_json_logs_carry_request_ids_and_never_a_credential(tmp_path: Path
 
 async def test_text_logs_on_request(tmp_path: Path, http: aiohttp.ClientSession) -> None:
     """`--log-format text` writes plain lines with the request id in brackets."""
-    process, url, log = run_service(tmp_path, "--log-format", "text", "--access-log")
-    try:
-        await wait_ready(http, url)
+    log = tmp_path / "service.log"
+    async with serving(log, "--log-format", "text", "--access-log", env=ACCOUNT_ENV, ready="/readyz") as (url, _):
         await call(http, "GET", f"{url}/healthz", headers={"X-Request-Id": "abc-1"})
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=10)
     lines = log.read_text().splitlines()
     assert lines and not any(line.startswith("{") for line in lines)
     assert any("[abc-1]" in line and "/healthz" in line for line in lines)
@@ -219,13 +185,20 @@ async def test_openapi_document_lists_the_routes(
 async def test_the_live_service_matches_its_openapi_document(
     start_service: ServiceFactory, sandbox: WeChatSandbox, tmp_path: Path
 ) -> None:
-    """Schemathesis fuzzes every documented operation: no 5xx, and every response matches the document."""
+    """Schemathesis fuzzes every documented operation: no 5xx, every response matches the document, data the
+    document allows is accepted and data it forbids is refused (so the document and the handlers cannot drift)."""
     require_schemathesis = Path(sys.executable).with_name("st")
     assert require_schemathesis.exists(), "schemathesis is a test dependency"
     sandbox.daily_quota.update(getticket=10**9, stable_token=10**9)
     service = await start_service(admin_token=Secret(ADMIN))
     checks = ",".join(("not_a_server_error", "status_code_conformance", "content_type_conformance",
-                       "response_schema_conformance", "response_headers_conformance"))  # fmt: skip
+                       "response_schema_conformance", "response_headers_conformance",
+                       "positive_data_acceptance", "negative_data_rejection"))  # fmt: skip
+    # A body over the limit is refused with 413, which schemathesis does not count as a refusal by default.
+    (tmp_path / "schemathesis.toml").write_text(
+        "[checks.negative_data_rejection]\n"
+        'expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429"]\n'
+    )
     process = await asyncio.create_subprocess_exec(
         str(require_schemathesis), "run", f"{service.url}/openapi.json", "--checks", checks,
         "--header", f"Authorization: Bearer {ADMIN}", "--max-examples", "25", "--seed", "7",

@@ -12,32 +12,14 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from jssdk_service.app import CACHE, CALL_OBSERVERS, STORE, WECHAT, create_app
+from jssdk_service.app import create_app
 from jssdk_service.cache import MemoryCache
 from jssdk_service.config import Secret, Settings
-from jssdk_service.credentials import UpstreamUsage
+from jssdk_service.keys import CACHE, CALL_OBSERVERS, STORE, WECHAT
+from jssdk_service.quotas import UpstreamUsage
 from jssdk_service.sandbox import WeChatSandbox, closed_port_url
 
-from .conftest import APP_ID, FAST_RETRY, RunningService, ServiceFactory, make_account
-
-PAGE = "https://example.com/p"
-
-
-async def sign(http: aiohttp.ClientSession, service: RunningService, url: str = PAGE) -> tuple[int, Any]:
-    async with http.get(f"{service.url}/v1/signature", params={"url": url}) as response:
-        return response.status, await response.json()
-
-
-async def readyz(http: aiohttp.ClientSession, service: RunningService) -> tuple[int, Any]:
-    async with http.get(f"{service.url}/readyz") as response:
-        return response.status, await response.json()
-
-
-def verifies(sandbox: WeChatSandbox, config: dict[str, Any], url: str = PAGE) -> bool:
-    verdict = sandbox.verify_config(config["appId"], url=url, nonce=config["nonceStr"],
-                                    timestamp=config["timestamp"], signature=config["signature"])  # fmt: skip
-    return verdict == "config:ok"
-
+from .helpers import APP_ID, FAST_RETRY, RunningService, ServiceFactory, make_account, readyz, sign, verifies
 
 Calls = list[tuple[str, str, str]]
 
@@ -75,7 +57,7 @@ async def test_half_of_all_calls_failing_fails_no_request(
     service = await start_service()
     results = []
     for _ in range(6):
-        results += await asyncio.gather(*(sign(http, service) for _ in range(50)))
+        results += await asyncio.gather(*(sign(http, service.url) for _ in range(50)))
         await asyncio.sleep(0.4)
     assert [status for status, _ in results] == [200] * 300
     assert all(verifies(sandbox, config) for _, config in results)
@@ -90,7 +72,7 @@ async def test_a_dead_first_base_fails_over_and_cools_down(
     dead = closed_port_url()
     sandbox.ticket_expires_in = 2
     service, calls = await observed_service(api_bases=(dead, sandbox_url))
-    assert (await sign(http, service))[0] == 200
+    assert (await sign(http, service.url))[0] == 200
     assert service.app[WECHAT].cooling_bases() == [dead]
     connect_failures = [c for c in calls if c[2] == "ConnectError"]
     assert len(connect_failures) == 1
@@ -105,22 +87,22 @@ async def test_a_failing_refresh_keeps_serving_the_valid_ticket(
     """When WeChat fails, the still-valid ticket signs; only when it is gone do requests get 503, until recovery."""
     sandbox.ticket_expires_in = 4
     service = await start_service()
-    status, config = await sign(http, service)
+    status, config = await sign(http, service.url)
     assert status == 200
     sandbox.faults.http500_rate = 1.0
     issued = sandbox.tickets(APP_ID)[0]
     while time.time() < issued.expires_at - 0.5:
-        status, config = await sign(http, service)
+        status, config = await sign(http, service.url)
         assert status == 200 and verifies(sandbox, config)
         await asyncio.sleep(0.1)
     assert sandbox.count("getticket", ok_only=False) > 1 or sandbox.count("stable_token") > 1
     await asyncio.sleep(issued.expires_at - time.time() + 0.1)
-    status, body = await sign(http, service)
+    status, body = await sign(http, service.url)
     assert (status, body["error"]["code"]) == (503, "upstream_unavailable")
-    assert (await readyz(http, service))[0] == 503
+    assert (await readyz(http, service.url))[0] == 503
     sandbox.faults.http500_rate = 0.0
     deadline = time.monotonic() + 8
-    while (await sign(http, service))[0] != 200:
+    while (await sign(http, service.url))[0] != 200:
         assert time.monotonic() < deadline, "did not recover after WeChat came back"
         await asyncio.sleep(0.2)
 
@@ -131,11 +113,11 @@ async def test_a_wrong_secret_is_rejected_fast_cheaply_and_clearly(
     """A wrong AppSecret: 503 upstream_rejected at once, one upstream call, and /readyz says what to fix."""
     service = await start_service(accounts=(make_account(secret=Secret("wrong-one")),))
     started = time.monotonic()
-    results = await asyncio.gather(*(sign(http, service) for _ in range(200)))
+    results = await asyncio.gather(*(sign(http, service.url) for _ in range(200)))
     assert time.monotonic() - started < 3
     assert {(status, body["error"]["code"]) for status, body in results} == {(503, "upstream_rejected")}
     assert sandbox.count("stable_token") == 1
-    status, body = await readyz(http, service)
+    status, body = await readyz(http, service.url)
     (account,) = body["accounts"]
     assert (status, account["errcode"]) == (503, 40125)
     assert "secret" in account["fix"] and account["retryIn"] > 10
@@ -148,10 +130,10 @@ async def test_an_ip_outside_the_whitelist_is_named(
     """40164: /readyz tells the operator to whitelist the IP WeChat reported."""
     sandbox.accounts[APP_ID].ip_whitelist = frozenset({"10.0.0.9"})
     service = await start_service()
-    status, body = await sign(http, service)
+    status, body = await sign(http, service.url)
     assert (status, body["error"]["code"]) == (503, "upstream_rejected")
     assert "40164" in body["error"]["message"]
-    (account,) = (await readyz(http, service))[1]["accounts"]
+    (account,) = (await readyz(http, service.url))[1]["accounts"]
     assert account["errcode"] == 40164
     assert "add 127.0.0.1 to the account's API IP whitelist" in account["fix"]
 
@@ -163,11 +145,11 @@ async def test_the_daily_quota_stops_calls_until_the_reset(
     sandbox.daily_quota["getticket"] = 0
     service = await start_service()
     for _ in range(20):
-        status, body = await sign(http, service)
+        status, body = await sign(http, service.url)
         assert (status, body["error"]["code"]) == (503, "upstream_rejected")
         assert "45009" in body["error"]["message"]
     assert sandbox.count("getticket") == 1
-    (account,) = (await readyz(http, service))[1]["accounts"]
+    (account,) = (await readyz(http, service.url))[1]["accounts"]
     assert account["errcode"] == 45009
     assert "midnight China time" in account["fix"]
     assert 0 < account["retryIn"] <= 86400
@@ -180,10 +162,10 @@ async def test_the_minute_quota_waits_for_the_next_minute(
     sandbox.faults.script.append(45011)
     service = await start_service()
     for _ in range(20):
-        status, body = await sign(http, service)
+        status, body = await sign(http, service.url)
         assert (status, body["error"]["code"]) == (503, "upstream_unavailable")
     assert sandbox.count("stable_token") == 1
-    (account,) = (await readyz(http, service))[1]["accounts"]
+    (account,) = (await readyz(http, service.url))[1]["accounts"]
     assert 0 < account["retryIn"] <= 60
 
 
@@ -210,7 +192,7 @@ async def test_upstream_calls_today_are_counted_per_account(
     service: RunningService, http: aiohttp.ClientSession
 ) -> None:
     """After a cold start the account has counted one stable_token and one getticket call."""
-    assert (await sign(http, service))[0] == 200
+    assert (await sign(http, service.url))[0] == 200
     creds = service.app[STORE][APP_ID]
     assert await creds.calls_today() == {"token": 0, "stable_token": 1, "getticket": 1}
 
@@ -219,11 +201,11 @@ async def test_an_unreadable_cache_record_counts_as_missing(
     service: RunningService, sandbox: WeChatSandbox, http: aiohttp.ClientSession
 ) -> None:
     """Records the service cannot read (another version's format) are fetched anew, never a 500."""
-    assert (await sign(http, service))[0] == 200
+    assert (await sign(http, service.url))[0] == 200
     cache = service.app[CACHE]
     await cache.set(f"{APP_ID}:ticket", {"format": 2}, 60)
     await cache.set(f"{APP_ID}:token:stable", {"value": "x", "obtained_at": "yesterday"}, 60)
     await service.credentials().refresh()
-    status, config = await sign(http, service)
+    status, config = await sign(http, service.url)
     assert status == 200 and verifies(sandbox, config)
     assert sandbox.count("getticket") == 2

@@ -9,7 +9,7 @@ import httpx
 
 from jssdk_service.sandbox import WeChatSandbox
 
-from .conftest import APP_ID, OTHER_APP_ID, OTHER_SECRET, SECRET
+from .helpers import APP_ID, OTHER_APP_ID, OTHER_SECRET, SECRET
 
 
 async def token(client: httpx.AsyncClient, base: str, **overrides: Any) -> dict[str, Any]:

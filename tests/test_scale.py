@@ -18,7 +18,7 @@ from jssdk_service.sandbox import SandboxAccount, SandboxServer, WeChatSandbox
 from jssdk_service.scheduler import UpstreamScheduler
 from jssdk_service.tokens import JsapiTicket, Spread
 
-from .conftest import RunningService, ServiceFactory, make_account
+from .helpers import RunningService, ServiceFactory, make_account
 
 PAGE = "http://localhost/p"
 

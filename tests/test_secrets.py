@@ -12,7 +12,7 @@ from jssdk_service.errors import TokenInvalid, UpstreamRejected
 from jssdk_service.sandbox import WeChatSandbox
 from jssdk_service.tokens import AccessToken
 
-from .conftest import APP_ID, SECRET, ServiceFactory, make_account
+from .helpers import APP_ID, SECRET, ServiceFactory, make_account
 
 
 async def test_no_secret_or_credential_in_logs_or_responses(

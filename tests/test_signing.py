@@ -2,33 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 
 from jssdk_service.signing import NonceSource, sign_url, strip_fragment
 
-
-def test_official_vector_from_the_docs() -> None:
-    """The worked example of WeChat's documentation signs to its published value."""
-    signature = sign_url(
-        ticket="sM4AOVdWfPE4DxkXGEs8VMCPGGVi4C3VM0P37wVUCFvkVAy_90u5h9nbSlYy3-Sl-HhTdfl2fzFy1AOcHKP7qg",
-        nonce="Wm3WZYTPz0wzccnW",
-        timestamp=1414587457,
-        url="http://mp.weixin.qq.com?params=value",
-    )
-    assert signature == "0f9de62fce790f9a083d5c99e95740ceb90c27ed"
+from .helpers import OFFICIAL_VECTORS, Vector, wechat_sha1
 
 
-def test_second_vector_with_a_port() -> None:
-    """The second published vector, whose URL carries a port and a query, signs to its value."""
-    signature = sign_url(
-        ticket="bxLdikRXVbTPdHSM05e5u4RbEYQn7pNQMPrfzl8lJNb1foLDa3HIwI3BRMkQmSO_5F64VFa75uURcq6Uz7QHgA",
-        nonce="82693e11-b9bc-448e-892f-f5289f46cd0f",
-        timestamp=1419835025,
-        url="http://omstest.vmall.com:23568/thirdparty/wechat/vcode/gotoshare?quantity=1&batchName=MATE7",
-    )
-    assert signature == "c6f04b64d6351d197b71bd23fb7dd2d44c0db486"
+@pytest.mark.parametrize("vector", OFFICIAL_VECTORS, ids=["the-worked-example", "with-a-port-and-a-query"])
+def test_the_official_vectors(vector: Vector) -> None:
+    """The worked example of WeChat's documentation, and the second published vector (whose URL carries a port
+    and a query), sign to their published values."""
+    signature = sign_url(ticket=vector.ticket, nonce=vector.nonce, timestamp=vector.timestamp, url=vector.url)
+    assert signature == vector.signature
 
 
 def test_the_fragment_is_dropped() -> None:
@@ -52,8 +38,7 @@ def test_the_fragment_is_dropped() -> None:
 )
 def test_urls_are_signed_raw(url: str) -> None:
     """Unicode paths, encoded queries, ports and trailing slashes are signed byte for byte, unchanged."""
-    expected = hashlib.sha1(f"jsapi_ticket=T&noncestr=N&timestamp=7&url={url}".encode()).hexdigest()
-    assert sign_url(ticket="T", nonce="N", timestamp=7, url=url) == expected
+    assert sign_url(ticket="T", nonce="N", timestamp=7, url=url) == wechat_sha1("T", "N", 7, url)
 
 
 def test_trailing_slash_and_port_change_the_signature() -> None:

@@ -1,0 +1,51 @@
+"""The application's resources, each under one typed key: what every handler may read from the app.
+
+`app.py` fills them (the settings and indexes at once, the clients in their cleanup contexts); a
+handler reads `request.app[KEY]`, or `request.config_dict[KEY]` in the admin sub-application.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+
+from jssdk_service.cache import SharedCache
+from jssdk_service.config import Account, Settings
+from jssdk_service.credentials import CredentialStore
+from jssdk_service.reports import PageReports
+from jssdk_service.signing import NonceSource
+from jssdk_service.wechat import CallObserver, WeChatClient
+
+
+class Lifecycle:
+    """Where the process is in its life: `draining` from the first SIGTERM on (see `server.py`)."""
+
+    __slots__ = ("draining",)
+
+    def __init__(self) -> None:
+        self.draining = False
+
+    def __repr__(self) -> str:
+        return f"Lifecycle(draining={self.draining})"
+
+
+SETTINGS = web.AppKey("settings", Settings)
+CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+NONCES = web.AppKey("nonces", NonceSource)
+# Each JS secure domain's accounts, in configured order: who signs for a host, without a scan.
+SIGNERS: web.AppKey[dict[str, tuple[Account, ...]]] = web.AppKey("signers")
+# Called once per HTTP call to WeChat; fill before start-up (metrics, daily usage counting).
+CALL_OBSERVERS: web.AppKey[list[CallObserver]] = web.AppKey("call_observers")
+WECHAT = web.AppKey("wechat", WeChatClient)
+CACHE: web.AppKey[SharedCache] = web.AppKey("cache")
+STORE = web.AppKey("store", CredentialStore)
+REPORTS = web.AppKey("reports", PageReports)
+# The OpenAPI document of this application, encoded once.
+DOCUMENT = web.AppKey("document", bytes)
+# The admin token's digest, in the admin sub-application.
+ADMIN_DIGEST = web.AppKey("admin_digest", bytes)
+
+# The account a request named, once it is known: its domains decide the CORS answer.
+ACCOUNT = web.RequestKey("account", Account)

@@ -1,0 +1,105 @@
+"""WeChat's days and what is counted per day: the only code that knows about China time.
+
+WeChat's daily quotas reset at midnight China Standard Time (UTC+8, no daylight saving). Here:
+the day arithmetic, the upstream calls counted per account, API and day in the shared cache (so a
+fleet counts together), and the limits on forced stable_token refreshes (WECHAT.md §1).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from jssdk_service.cache import SharedCache
+
+log = logging.getLogger("jssdk_service.quotas")
+
+DAY = 86400
+CHINA_UTC_OFFSET = 8 * 3600
+# Published daily quotas per API (WECHAT.md §1); getticket's is not published.
+KNOWN_DAILY_QUOTAS = {"token": 2000, "stable_token": 500_000}
+QUOTA_WARNING = 0.8
+COUNTED_APIS = ("token", "stable_token", "getticket")
+# A forced stable token (`force_refresh: true`): 20 a day, 30 s apart.
+FORCED_REFRESHES_PER_DAY = 20
+FORCED_REFRESH_SPACING = 30.0
+
+
+def china_day(now: float) -> int:
+    """The number of the China-time day `now` falls in."""
+    return int((now + CHINA_UTC_OFFSET) // DAY)
+
+
+def next_china_midnight(now: float) -> float:
+    """When the China-time day after `now`'s begins: daily quotas are fresh again."""
+    return (china_day(now) + 1) * DAY - CHINA_UTC_OFFSET
+
+
+class UpstreamUsage:
+    """Upstream calls per account, API and China day, counted in the shared cache (the fleet counts together).
+
+    `record` is a WeChat client call observer (sync, no I/O); `flush` adds what was recorded to
+    the shared counters and warns once a day per API at 80% of a published quota.
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._pending: Counter[tuple[str, str]] = Counter()
+        self._warned: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"UpstreamUsage(pending={sum(self._pending.values())})"
+
+    def record(self, app_id: str, api: str, outcome: str) -> None:
+        if app_id:
+            self._pending[(app_id, api)] += 1
+
+    async def flush(self, cache: SharedCache) -> None:
+        pending, self._pending = self._pending, Counter()
+        for (app_id, api), calls in pending.items():
+            key = self._key(app_id, api)
+            count = await cache.increment(key, calls, 2 * DAY)
+            quota = KNOWN_DAILY_QUOTAS.get(api)
+            if count is not None and quota is not None and count >= QUOTA_WARNING * quota and key not in self._warned:
+                self._warned.add(key)
+                log.warning("app=%s %s calls today: %d of the daily quota of %d", app_id, api, count, quota)
+
+    async def today(self, cache: SharedCache, app_id: str) -> dict[str, int]:
+        """Calls to each API today (China time) for `app_id`, across the fleet."""
+        return {api: await cache.counter(self._key(app_id, api)) for api in COUNTED_APIS}
+
+    def _key(self, app_id: str, api: str) -> str:
+        return f"{app_id}:calls:{api}:{china_day(self._clock())}"
+
+
+class ForcedRefreshes:
+    """The force_refresh limits of stable tokens, kept in the shared cache so that a fleet keeps them together."""
+
+    def __init__(self, cache: SharedCache) -> None:
+        self._cache = cache
+
+    def __repr__(self) -> str:
+        return "ForcedRefreshes()"
+
+    async def today(self, app_id: str, now: float) -> int:
+        """How many forced refreshes `app_id` has had today (China time)."""
+        return await self._cache.counter(_day_key(app_id, now))
+
+    async def book(self, app_id: str, now: float) -> float | None:
+        """Take one of today's forced refreshes for `app_id`: None when taken, else when the next is allowed."""
+        last_key = f"{app_id}:forced-token:last"
+        last = await self._cache.get(last_key)
+        if last is not None and now < float(last.get("at", 0.0)) + FORCED_REFRESH_SPACING:
+            return float(last["at"]) + FORCED_REFRESH_SPACING
+        day_key = _day_key(app_id, now)
+        if await self._cache.counter(day_key) >= FORCED_REFRESHES_PER_DAY:
+            return next_china_midnight(now)
+        await self._cache.set(last_key, {"at": now}, FORCED_REFRESH_SPACING)
+        await self._cache.increment(day_key, 1, 2 * DAY)
+        return None
+
+
+def _day_key(app_id: str, now: float) -> str:
+    return f"{app_id}:forced-token:{china_day(now)}"

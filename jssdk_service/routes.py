@@ -1,0 +1,91 @@
+"""The route table: every endpoint of the service, for the router and for the OpenAPI document alike."""
+
+from __future__ import annotations
+
+from msgspec import Struct
+
+from jssdk_service import admin, demo, pageside, public, shapes
+from jssdk_service.endpoint import Answer, Handler, Route
+from jssdk_service.errors import (
+    HostNotAllowed,
+    InvalidRequest,
+    InvalidShare,
+    InvalidURL,
+    JssdkError,
+    NotFound,
+    PayloadTooLarge,
+    RefreshLimited,
+    Unauthorized,
+    UnknownApp,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
+
+_UPSTREAM: tuple[type[JssdkError], ...] = (UpstreamUnavailable, UpstreamRejected)
+_SIGNING: tuple[type[JssdkError], ...] = (InvalidURL, HostNotAllowed, UnknownApp, *_UPSTREAM)
+_BODY: tuple[type[JssdkError], ...] = (InvalidRequest, PayloadTooLarge)
+_CONFIG = (Answer(status=200, description="The wx.config object", shape=shapes.Config),)
+_SHARE = (Answer(status=200, description="The wx.config object and the two share payloads", shape=shapes.Share),)
+_FINDINGS = (Answer(status=200, description="The findings, the worst first", shape=shapes.Findings),)
+_CACHED = ("ETag", "Cache-Control")
+
+
+def _asset(path: str, handler: Handler, summary: str, media: str, query: type[Struct] | None = None) -> Route:
+    """A static file with an ETag: 200 with it, or 304 when If-None-Match names its current version."""
+    return Route(method="GET", path=path, handler=handler, summary=summary, answers=(
+        Answer(status=200, description=summary, media=media, headers=_CACHED),
+        Answer(status=304, description="The browser's copy is current", headers=_CACHED),
+    ), query=query)  # fmt: skip
+
+
+PUBLIC = [
+    Route(method="GET", path="/v1/signature", handler=public.signature, summary="wx.config object for a page",
+          query=shapes.SignatureQuery, answers=_CONFIG, errors=_SIGNING),
+    Route(method="POST", path="/v1/signature", handler=public.signature, summary="wx.config object (JSON body)",
+          body=shapes.SignatureRequest, answers=_CONFIG, errors=(*_SIGNING, *_BODY)),
+    Route(method="GET", path="/v1/share", handler=public.share, summary="wx.config object and the two share payloads",
+          query=shapes.ShareQuery, answers=_SHARE, errors=_SIGNING),
+    Route(method="POST", path="/v1/share", handler=public.share, summary="wx.config and share payloads (JSON body)",
+          body=shapes.ShareRequest, answers=_SHARE, errors=(*_SIGNING, *_BODY, InvalidShare)),
+    Route(method="GET", path="/healthz", handler=public.healthz, summary="200 while the process runs",
+          answers=(Answer(status=200, description="Alive", shape=shapes.Health),)),
+    Route(method="GET", path="/readyz", handler=public.readyz, summary="Whether every account has a valid ticket",
+          query=shapes.ReadinessQuery, errors=(InvalidRequest,), answers=(
+              Answer(status=200, description="Every account can sign", shape=shapes.Readiness),
+              Answer(status=503, description="Some account cannot sign (each listed says why), or the service is "
+                     "stopping", shape=shapes.Readiness),
+          )),
+    Route(method="GET", path="/metrics", handler=public.metrics, summary="Prometheus metrics (text format)",
+          answers=(Answer(status=200, description="The metrics of every process of the service", media="text/plain"),)),
+    Route(method="GET", path="/openapi.json", handler=public.openapi, summary="This document",
+          answers=(Answer(status=200, description="The OpenAPI document"),)),
+    _asset("/v1/jssdk-share.js", pageside.script, "The page helper script", "text/javascript", shapes.AssetQuery),
+    Route(method="POST", path="/v1/doctor", handler=pageside.doctor, summary="Why WeChat refused a wx.config",
+          body=shapes.Evidence, answers=_FINDINGS, errors=(InvalidURL, *_BODY)),
+    Route(method="POST", path="/v1/report", handler=pageside.report,
+          summary="A page's wx.config failure: kept, counted, diagnosed", body=shapes.Report, answers=_FINDINGS,
+          errors=(InvalidURL, *_BODY)),
+]  # fmt: skip
+
+DEMO = [
+    _asset("/demo", demo.page, "The sandbox's demo page", "text/html"),
+    _asset("/demo/sandbox-wx.js", demo.stand_in, "The demo page's stand-in for jweixin", "text/javascript"),
+]
+
+# Mounted at ADMIN_PREFIX as a sub-application; the paths are the full ones.
+ADMIN_PREFIX = "/admin"
+ADMIN = [
+    Route(method="GET", path="/admin/apps", handler=admin.authorized(admin.apps), bearer=True,
+          summary="Every account's credentials: ages and seconds left, last refresh and error, calls today",
+          answers=(Answer(status=200, description="Each account's state; never a credential value",
+                          shape=shapes.AdminApps),),
+          errors=(Unauthorized,)),
+    Route(method="POST", path="/admin/apps/{app}/refresh", handler=admin.authorized(admin.refresh), bearer=True,
+          summary="A new jsapi_ticket now (with token=1, a new access_token first)",
+          description="A forced stable token uses WeChat's force_refresh: 20 a day, 30 s apart, kept by the "
+          "service (429 past either, without calling WeChat).",
+          query=shapes.RefreshQuery,
+          answers=(Answer(status=200, description="The new ticket's fingerprint and lifetime",
+                          shape=shapes.AdminRefresh),),
+          errors=(InvalidRequest, Unauthorized, UnknownApp, NotFound, RefreshLimited, *_UPSTREAM)),
+]  # fmt: skip
