@@ -59,7 +59,7 @@ async def signature(request: web.Request) -> web.Response:
         body = decode_body(await request.read(), SignatureRequest)
         account, page = _resolve(request, app, body.app, body.url)
     ticket = await _ticket(app, account)
-    return json_response(signed_config(app, account, page, ticket))
+    return json_response(signed_config(account, page, ticket, now=app[CLOCK](), nonce=app[NONCES]()))
 
 
 async def share(request: web.Request) -> web.Response:
@@ -78,7 +78,7 @@ async def share(request: web.Request) -> web.Response:
     payloads = share_payloads(shared_page, account.share, account.allowed_hosts, override)
     ticket = await _ticket(app, account)
     answer = Share(
-        config=signed_config(app, account, page, ticket),
+        config=signed_config(account, page, ticket, now=app[CLOCK](), nonce=app[NONCES]()),
         app_message=msgspec.convert(payloads["appMessage"], AppMessage),
         timeline=msgspec.convert(payloads["timeline"], Timeline),
     )
@@ -174,10 +174,9 @@ async def _ticket(app: web.Application, account: Account) -> JsapiTicket:
     return creds.usable_ticket(app[CLOCK]()) or await creds.ticket()
 
 
-def signed_config(app: web.Application, account: Account, page: PageURL, ticket: JsapiTicket) -> Config:
-    """`wx.config`'s object for `page`, signed now with `ticket` (the fast lane's too)."""
-    timestamp = int(app[CLOCK]())
-    nonce = app[NONCES]()
+def signed_config(account: Account, page: PageURL, ticket: JsapiTicket, *, now: float, nonce: str) -> Config:
+    """`wx.config`'s object for `page`, signed at `now` with `ticket` and `nonce` (the fast lane's too)."""
+    timestamp = int(now)
     return Config(
         app_id=account.app_id,
         timestamp=timestamp,

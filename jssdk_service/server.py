@@ -28,6 +28,7 @@ from jssdk_service import logs
 from jssdk_service.app import create_app
 from jssdk_service.config import Settings, Table, convert, layered, load_settings
 from jssdk_service.errors import ConfigError
+from jssdk_service.fastlane import FastLaneListener
 from jssdk_service.keys import LIFECYCLE, STORE
 from jssdk_service.sandbox import DEMO_APP_ID, SandboxAccount, SandboxServer, WeChatSandbox, closed_port_url
 
@@ -171,8 +172,9 @@ async def serve(
     runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=settings.keepalive_timeout,
                            shutdown_timeout=settings.request_wait + 5)  # fmt: skip
     await runner.setup()
+    listening = _listening_socket(settings.host, settings.port) if sock is None else sock
+    site = FastLaneListener(runner, listening, keepalive_timeout=settings.keepalive_timeout)
     try:
-        site = web.SockSite(runner, sock) if sock is not None else web.TCPSite(runner, settings.host, settings.port)
         await site.start()
         log.info("jssdk-service listening on http://%s:%d (pid %d)", settings.host, settings.port, os.getpid())
         # What start-up built lives as long as the process: keep the collector from rescanning it.
@@ -189,6 +191,7 @@ async def serve(
         await site.stop()
         await asyncio.sleep(CLOSE_GRACE)
     finally:
+        site.close_connections()
         await runner.cleanup()
         if sandbox_server is not None:
             await sandbox_server.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -17,8 +18,10 @@ from aiohttp import web
 from jssdk_service.app import create_app
 from jssdk_service.cache import RedisCache
 from jssdk_service.config import Settings
+from jssdk_service.fastlane import FastLaneListener
+from jssdk_service.keys import CALL_OBSERVERS
 from jssdk_service.sandbox import SandboxAccount, SandboxServer, WeChatSandbox
-from jssdk_service.wechat import RetryPolicy
+from jssdk_service.wechat import CallObserver, RetryPolicy
 
 from .helpers import (
     ACCOUNT_ENV,
@@ -64,24 +67,37 @@ async def sandbox_url(sandbox: WeChatSandbox) -> AsyncIterator[str]:
 async def start_service(sandbox_url: str) -> AsyncIterator[ServiceFactory]:
     """Start the service against the sandbox; keyword arguments replace fields of its Settings.
 
-    `demo=True` also serves the sandbox's demo page, as `serve --sandbox` does.
+    `demo=True` also serves the sandbox's demo page, as `serve --sandbox` does; `observer` is
+    called for every HTTP call the WeChat client makes.
     """
-    runners: list[web.AppRunner] = []
+    started: list[tuple[FastLaneListener, web.AppRunner]] = []
 
-    async def start(*, retry_policy: RetryPolicy = FAST_RETRY, demo: bool = False, **overrides: Any) -> RunningService:
+    async def start(
+        *,
+        retry_policy: RetryPolicy = FAST_RETRY,
+        demo: bool = False,
+        observer: CallObserver | None = None,
+        **overrides: Any,
+    ) -> RunningService:
         settings = Settings(accounts=(make_account(),), api_bases=(sandbox_url,))
         settings = replace(settings, **overrides)
         app = create_app(settings, retry_policy=retry_policy, demo=demo)
-        runner = web.AppRunner(app, access_log=None)
+        if observer is not None:
+            app[CALL_OBSERVERS].append(observer)
+        runner = web.AppRunner(app, access_log=None, keepalive_timeout=settings.keepalive_timeout)
         await runner.setup()
-        runners.append(runner)
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        return RunningService(url=f"http://{host}:{port}", app=app, runner=runner)
+        # Listening as `serve` does: a warm GET /v1/signature is answered by the fast lane.
+        sock = socket.create_server(("127.0.0.1", 0))
+        listener = FastLaneListener(runner, sock, keepalive_timeout=settings.keepalive_timeout)
+        started.append((listener, runner))
+        await listener.start()
+        host, port = sock.getsockname()[:2]
+        return RunningService(url=f"http://{host}:{port}", app=app, runner=runner, lane=listener.lane)
 
     yield start
-    for runner in runners:
+    for listener, runner in started:
+        await listener.stop()
+        listener.close_connections()
         await runner.cleanup()
 
 

@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from jssdk_service.config import Account, Secret
+from jssdk_service.fastlane import FastLane
 from jssdk_service.keys import STORE
 from jssdk_service.sandbox import IssuedCredential, WeChatSandbox
 from jssdk_service.share import SharePolicy
@@ -86,6 +87,7 @@ class RunningService:
     url: str
     app: web.Application
     runner: web.AppRunner
+    lane: FastLane
 
     def credentials(self, app_id: str = APP_ID) -> Any:
         """The credential store's entry for `app_id`."""

@@ -4,46 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-from jssdk_service.app import create_app
 from jssdk_service.cache import MemoryCache
-from jssdk_service.config import Secret, Settings
-from jssdk_service.keys import CACHE, CALL_OBSERVERS, STORE, WECHAT
+from jssdk_service.config import Secret
+from jssdk_service.keys import CACHE, STORE, WECHAT
 from jssdk_service.quotas import UpstreamUsage
 from jssdk_service.sandbox import WeChatSandbox, closed_port_url
 
-from .helpers import APP_ID, FAST_RETRY, RunningService, ServiceFactory, make_account, readyz, sign, verifies
+from .helpers import APP_ID, RunningService, ServiceFactory, make_account, readyz, sign, verifies
 
 Calls = list[tuple[str, str, str]]
 
 
 @pytest.fixture
-async def observed_service(sandbox_url: str) -> AsyncIterator[Callable[..., Any]]:
+def observed_service(start_service: ServiceFactory) -> Callable[..., Awaitable[tuple[RunningService, Calls]]]:
     """Start the service with a recorder of every HTTP call the WeChat client makes."""
-    runners: list[web.AppRunner] = []
 
     async def start(**overrides: Any) -> tuple[RunningService, Calls]:
-        settings = replace(Settings(accounts=(make_account(),), api_bases=(sandbox_url,)), **overrides)
-        app = create_app(settings, retry_policy=FAST_RETRY)
         calls: Calls = []
-        app[CALL_OBSERVERS].append(lambda app_id, api, outcome: calls.append((app_id, api, outcome)))
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        runners.append(runner)
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        host, port = runner.addresses[0][:2]
-        return RunningService(url=f"http://{host}:{port}", app=app, runner=runner), calls
+        service = await start_service(observer=lambda app_id, api, outcome: calls.append((app_id, api, outcome)),
+                                      **overrides)  # fmt: skip
+        return service, calls
 
-    yield start
-    for runner in runners:
-        await runner.cleanup()
+    return start
 
 
 async def test_half_of_all_calls_failing_fails_no_request(

@@ -1,0 +1,311 @@
+"""The fast lane: a warm `GET /v1/signature` answered below aiohttp's web layer.
+
+A page asks for its signature once per page view; that one request is most of the traffic, and
+aiohttp's request and response objects, router and header machinery cost more than the signing.
+So every connection is read first by the fast lane, a small asyncio protocol: a chunk that is
+exactly one complete, plain `GET /v1/signature?...` HTTP/1.1 request, for an account and page that
+may be signed with a ticket held in memory, is answered here, with the same body, headers (request
+id, CORS, `Cache-Control`) and metrics as the web layer gives. Anything else (another route, a
+body, a request split over reads or pipelined, an unusual header, an error to report, a cold
+ticket, a draining process, access logging) goes to aiohttp's handler for the connection, which
+answers it, errors included, exactly as without the lane; a connection may go back and forth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from bisect import bisect_left
+from email.utils import formatdate
+from typing import cast
+from urllib.parse import unquote_plus
+
+from aiohttp import web
+from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.web_protocol import RequestHandler
+
+from jssdk_service.config import Account
+from jssdk_service.endpoint import cors_headers
+from jssdk_service.errors import JssdkError
+from jssdk_service.keys import CLOCK, LIFECYCLE, NONCES, SETTINGS, STORE
+from jssdk_service.logs import REQUEST_ID, new_request_id, usable_request_id
+from jssdk_service.metrics import LATENCY_BUCKETS, route_stats
+from jssdk_service.pageurl import host_allowed, parse_page_url
+from jssdk_service.public import signed_config
+from jssdk_service.shapes import encode
+
+ROUTE = "/v1/signature"
+_PREFIX = b"GET /v1/signature?"
+_END = b"\r\n\r\n"
+# The longest request the lane reads: anything longer goes to aiohttp, which has the real limits.
+_MAX_REQUEST = 16 * 1024
+# Headers after which the lane cannot be sure it answers as aiohttp would.
+_FOREIGN = frozenset({"content-length", "transfer-encoding", "upgrade", "expect"})
+_STATUS_LINE = b"HTTP/1.1 200 OK\r\n"
+_FIXED = (
+    f"Content-Type: application/json; charset=utf-8\r\nCache-Control: no-store\r\nServer: {SERVER_SOFTWARE}\r\n"
+).encode()
+
+
+class FastLane:
+    """What the fast lane needs of the application, read once, and the connections it holds."""
+
+    def __init__(self, app: web.Application, server: web.Server, *, keepalive_timeout: float) -> None:
+        self.settings = app[SETTINGS]
+        self.store = app[STORE]
+        self.clock = app[CLOCK]
+        self.lifecycle = app[LIFECYCLE]
+        self.nonces = app[NONCES]
+        self.server = server
+        self.keepalive_timeout = keepalive_timeout
+        self.stats = route_stats(ROUTE)
+        self.connections: set[FastConnection] = set()
+        # Requests answered here (the web layer's answers are counted by its route stats).
+        self.answered = 0
+        self._date_second = -1
+        self._date = b""
+        # With an access log, every request goes through the web layer, which writes it.
+        self.open = not self.settings.access_log
+
+    def __repr__(self) -> str:
+        return f"FastLane(connections={len(self.connections)})"
+
+    def __call__(self) -> FastConnection:
+        return FastConnection(self)
+
+    def date(self) -> bytes:
+        """The `Date` header line, made once a second."""
+        second = int(time.time())
+        if second != self._date_second:
+            self._date_second = second
+            self._date = f"Date: {formatdate(second, usegmt=True)}\r\n".encode()
+        return self._date
+
+    def answer(self, data: bytes) -> tuple[bytes, bool] | None:
+        """The response to `data`, and whether to close after it; None when the web layer must answer."""
+        started = time.perf_counter()
+        if self.lifecycle.draining or len(data) > _MAX_REQUEST or data.find(_END) != len(data) - 4:
+            return None
+        try:
+            head = data[: len(data) - 4].decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        lines = head.split("\r\n")
+        request_line = lines[0].split(" ")
+        if len(request_line) != 3 or request_line[0] != "GET" or request_line[2] != "HTTP/1.1" or "#" in lines[0]:
+            return None
+        target = request_line[1]
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, colon, value = line.partition(":")
+            key = name.lower()
+            if not colon or not name or name != name.strip() or key in headers or key in _FOREIGN:
+                return None
+            headers[key] = value.strip(" \t")
+        connection = headers.get("connection", "keep-alive").lower()
+        if connection not in ("keep-alive", "close"):
+            return None
+        try:
+            query = _query(target[len(ROUTE) + 1 :])
+        except UnicodeDecodeError:
+            return None
+        signed = self._signed(query)
+        if signed is None:
+            return None
+        account, body = signed
+        request_id = headers.get("x-request-id")
+        if request_id is None or not usable_request_id(request_id):
+            request_id = new_request_id()
+        REQUEST_ID.set(request_id)
+        extra = ""
+        origin = headers.get("origin")
+        if origin is not None:
+            cors = cors_headers(origin, account.allowed_hosts, "GET")
+            extra = "".join(f"{name}: {value}\r\n" for name, value in cors.items())
+        close = connection == "close"
+        if close:
+            extra += "Connection: close\r\n"
+        tail = f"X-Request-Id: {request_id}\r\n{extra}Content-Length: {len(body)}\r\n\r\n".encode()
+        response = b"".join((_STATUS_LINE, _FIXED, self.date(), tail, body))
+        self.answered += 1
+        stats = self.stats
+        elapsed = time.perf_counter() - started
+        stats.statuses[200] = stats.statuses.get(200, 0) + 1
+        stats.buckets[bisect_left(LATENCY_BUCKETS, elapsed)] += 1
+        stats.seconds += elapsed
+        return response, close
+
+    def _signed(self, query: dict[str, str]) -> tuple[Account, bytes] | None:
+        """The account and its `wx.config` object as JSON, or None when it is not a plain, warm signature."""
+        account = self.settings.account(query.get("app"))
+        url = query.get("url")
+        if account is None or url is None or "\ufffd" in url:
+            return None
+        try:
+            page = parse_page_url(url)
+        except JssdkError:
+            return None
+        if not host_allowed(page.host, account.allowed_hosts):
+            return None
+        ticket = self.store[account.app_id].usable_ticket(self.clock())
+        if ticket is None:
+            return None
+        return account, encode(signed_config(account, page, ticket, now=self.clock(), nonce=self.nonces()))
+
+
+def _query(text: str) -> dict[str, str]:
+    """A query string's parameters as aiohttp reads them: the first of a repeated one, `+` a space,
+    escapes decoded as UTF-8 (`UnicodeDecodeError` when they are not)."""
+    params: dict[str, str] = {}
+    for part in text.split("&"):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        if "%" in part or "+" in part:
+            name, value = unquote_plus(name, errors="strict"), unquote_plus(value, errors="strict")
+        params.setdefault(name, value)
+    return params
+
+
+class FastConnection(asyncio.Protocol):
+    """One connection: its warm signatures answered here, the rest passed to aiohttp's handler.
+
+    aiohttp's handler is made at the first request the lane does not answer and then sees every
+    byte the lane does not answer. The lane answers only while that handler waits for a request
+    with none queued (so answers keep their order), and then moves the handler's keep-alive
+    deadline on, as its own answer would have.
+    """
+
+    def __init__(self, lane: FastLane) -> None:
+        self._lane = lane
+        self._transport: asyncio.Transport | None = None
+        self._inner: RequestHandler | None = None
+        self._last = 0.0
+        self._idle: asyncio.TimerHandle | None = None
+
+    def __repr__(self) -> str:
+        return f"FastConnection(open={self._transport is not None}, web_layer={self._inner is not None})"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are asyncio's in all but their class.
+        self._transport = cast(asyncio.Transport, transport)
+        self._lane.connections.add(self)
+        if not self._lane.open:
+            self._web_layer()
+            return
+        loop = asyncio.get_running_loop()
+        self._last = loop.time()
+        self._idle = loop.call_later(self._lane.keepalive_timeout, self._check_idle)
+
+    def data_received(self, data: bytes) -> None:
+        transport, inner = self._transport, self._inner
+        if transport is None:
+            return
+        if data.startswith(_PREFIX) and (inner is None or waiting(inner)):
+            answer = self._lane.answer(data)
+            if answer is not None:
+                response, close = answer
+                transport.write(response)
+                self._last = now = asyncio.get_running_loop().time()
+                if inner is not None:
+                    keep_alive_from(inner, now)
+                if close:
+                    self.close()
+                return
+        (inner or self._web_layer()).data_received(data)
+
+    def eof_received(self) -> bool | None:
+        if self._inner is not None:
+            self._inner.eof_received()
+        else:
+            self.close()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._forget()
+        if self._inner is not None:
+            self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
+
+    def close(self) -> None:
+        """Close a connection the web layer has not served (between requests: nothing is in flight)."""
+        if self._transport is not None and self._inner is None:
+            self._transport.close()
+            self._forget()
+
+    def _web_layer(self) -> RequestHandler:
+        """aiohttp's handler for this connection, made now: it keeps the connection alive from here on."""
+        assert self._transport is not None
+        self._forget()
+        inner = self._inner = self._lane.server()
+        inner.connection_made(self._transport)
+        return inner
+
+    def _check_idle(self) -> None:
+        """Close a keep-alive connection idle for the keep-alive timeout, as aiohttp would."""
+        loop = asyncio.get_running_loop()
+        idle_until = self._last + self._lane.keepalive_timeout
+        if loop.time() >= idle_until:
+            self.close()
+        else:
+            self._idle = loop.call_at(idle_until, self._check_idle)
+
+    def _forget(self) -> None:
+        self._lane.connections.discard(self)
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+
+
+# What the lane reads and moves of aiohttp's connection handler (aiohttp is pinned to its minor
+# version for these; tests/test_fastlane.py proves them on every run).
+
+
+def waiting(handler: RequestHandler) -> bool:
+    """Whether the handler waits for a request with none queued: an answer now keeps its place."""
+    waiter = handler._waiter
+    return waiter is not None and not waiter.done() and not handler._messages
+
+
+def keep_alive_from(handler: RequestHandler, now: float) -> None:
+    """Move the handler's keep-alive deadline on after an answer the lane gave for it."""
+    handler._next_keepalive_close_time = now + handler._keepalive_timeout
+
+
+class FastLaneListener:
+    """The service's listening socket, its connections starting in the fast lane.
+
+    `start` after the runner's `setup`; `stop` stops listening; `close_connections` closes the
+    lane's connections (between requests, all of them), those handed to aiohttp close with the
+    runner's `cleanup`.
+    """
+
+    def __init__(self, runner: web.AppRunner, sock: socket.socket, *, keepalive_timeout: float) -> None:
+        assert runner.server is not None, "runner.setup() first"
+        self.lane = FastLane(runner.app, runner.server, keepalive_timeout=keepalive_timeout)
+        self._sock = sock
+        self._server: asyncio.Server | None = None
+
+    def __repr__(self) -> str:
+        return f"FastLaneListener({self._sock.getsockname()!r})"
+
+    async def start(self) -> None:
+        self._server = await asyncio.get_running_loop().create_server(self.lane, sock=self._sock)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    def close_connections(self) -> None:
+        """Close the connections only the lane has served; aiohttp's runner closes the others."""
+        for connection in list(self.lane.connections):
+            connection.close()
