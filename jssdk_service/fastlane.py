@@ -14,6 +14,7 @@ answers it, errors included, exactly as without the lane; a connection may go ba
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import time
 from bisect import bisect_left
@@ -31,7 +32,7 @@ from jssdk_service.errors import JssdkError
 from jssdk_service.keys import CLOCK, LIFECYCLE, NONCES, SETTINGS, STORE
 from jssdk_service.logs import REQUEST_ID, new_request_id, usable_request_id
 from jssdk_service.metrics import LATENCY_BUCKETS, route_stats
-from jssdk_service.pageurl import host_allowed, parse_page_url
+from jssdk_service.pageurl import PageURL, host_allowed, parse_page_url
 from jssdk_service.public import signed_config
 from jssdk_service.shapes import encode
 
@@ -40,8 +41,14 @@ _PREFIX = b"GET /v1/signature?"
 _END = b"\r\n\r\n"
 # The longest request the lane reads: anything longer goes to aiohttp, which has the real limits.
 _MAX_REQUEST = 16 * 1024
+# A header line: a token, a colon, the value without the white space around it.
+_FIELD = re.compile(r"(?:^|\r\n)([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*((?:[\t\x20-\x7e]*[\x21-\x7e])?)[ \t]*(?=\r\n|$)")
 # Headers after which the lane cannot be sure it answers as aiohttp would.
 _FOREIGN = frozenset({"content-length", "transfer-encoding", "upgrade", "expect"})
+# How many request targets the lane keeps parsed (past it, it starts afresh), and the longest kept:
+# at most 8 MiB however the targets vary.
+_PAGES_KEPT = 4096
+_TARGET_KEPT = 2048
 _STATUS_LINE = b"HTTP/1.1 200 OK\r\n"
 _FIXED = (
     f"Content-Type: application/json; charset=utf-8\r\nCache-Control: no-store\r\nServer: {SERVER_SOFTWARE}\r\n"
@@ -61,6 +68,8 @@ class FastLane:
         self.keepalive_timeout = keepalive_timeout
         self.stats = route_stats(ROUTE)
         self.connections: set[FastConnection] = set()
+        # Request targets lately signed: the account and the page, parsed and found on its domains.
+        self._pages: dict[str, tuple[Account, PageURL]] = {}
         # Requests answered here (the web layer's answers are counted by its route stats).
         self.answered = 0
         self._date_second = -1
@@ -91,29 +100,32 @@ class FastLane:
             head = data[: len(data) - 4].decode("ascii")
         except UnicodeDecodeError:
             return None
-        lines = head.split("\r\n")
-        request_line = lines[0].split(" ")
-        if len(request_line) != 3 or request_line[0] != "GET" or request_line[2] != "HTTP/1.1" or "#" in lines[0]:
+        first, _, rest = head.partition("\r\n")
+        request_line = first.split(" ")
+        if len(request_line) != 3 or request_line[0] != "GET" or request_line[2] != "HTTP/1.1" or "#" in first:
             return None
         target = request_line[1]
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, colon, value = line.partition(":")
-            key = name.lower()
-            if not colon or not name or name != name.strip() or key in headers or key in _FOREIGN:
-                return None
-            headers[key] = value.strip(" \t")
+        fields = _FIELD.findall(rest)
+        headers = {name.lower(): value for name, value in fields}
+        # Every line a plain field, none twice, none that gives the request a body or another protocol.
+        if (
+            len(headers) != len(fields)
+            or len(fields) != rest.count("\r\n") + bool(rest)
+            or not _FOREIGN.isdisjoint(headers)
+        ):
+            return None
         connection = headers.get("connection", "keep-alive").lower()
         if connection not in ("keep-alive", "close"):
             return None
-        try:
-            query = _query(target[len(ROUTE) + 1 :])
-        except UnicodeDecodeError:
+        signing = self._pages.get(target) or self._page(target)
+        if signing is None:
             return None
-        signed = self._signed(query)
-        if signed is None:
+        account, page = signing
+        now = self.clock()
+        ticket = self.store[account.app_id].usable_ticket(now)
+        if ticket is None:
             return None
-        account, body = signed
+        body = encode(signed_config(account, page, ticket, now=now, nonce=self.nonces()))
         request_id = headers.get("x-request-id")
         if request_id is None or not usable_request_id(request_id):
             request_id = new_request_id()
@@ -136,8 +148,12 @@ class FastLane:
         stats.seconds += elapsed
         return response, close
 
-    def _signed(self, query: dict[str, str]) -> tuple[Account, bytes] | None:
-        """The account and its `wx.config` object as JSON, or None when it is not a plain, warm signature."""
+    def _page(self, target: str) -> tuple[Account, PageURL] | None:
+        """The account and page a request target names, when they may be signed (kept for the next time)."""
+        try:
+            query = _query(target[len(ROUTE) + 1 :])
+        except UnicodeDecodeError:
+            return None
         account = self.settings.account(query.get("app"))
         url = query.get("url")
         if account is None or url is None or "\ufffd" in url:
@@ -148,10 +164,11 @@ class FastLane:
             return None
         if not host_allowed(page.host, account.allowed_hosts):
             return None
-        ticket = self.store[account.app_id].usable_ticket(self.clock())
-        if ticket is None:
-            return None
-        return account, encode(signed_config(account, page, ticket, now=self.clock(), nonce=self.nonces()))
+        if len(target) <= _TARGET_KEPT:
+            if len(self._pages) >= _PAGES_KEPT:
+                self._pages.clear()
+            self._pages[target] = (account, page)
+        return account, page
 
 
 def _query(text: str) -> dict[str, str]:
