@@ -6,7 +6,9 @@
 `--against redis` compares the service on `memory://` with the service on `redis://` (a
 redis-server started on a free port), which shows what the shared cache costs a warm signature;
 `--against node` compares the service with the Node peer (wechat-jssdk 5.1.0 behind node's `http`,
-bench/node-peer/, `npm ci` there first) and with the bare handler on uvloop, three processes. The
+bench/node-peer/, `npm ci` there first) and with the bare handler on uvloop, three processes.
+`--distinct` appends a counter to the page URL of every request, so that no server can answer
+from a signature (or a parsed URL) it made before. The
 Node peer gets its token and ticket from a sandbox started as its own process (the demo appId, a
 secret made for the run); its warm signature is checked with the sandbox's `POST /sandbox/verify`
 before anything is measured. wechat-jssdk keeps one signature per page URL for 1 h 59 min, so its
@@ -128,9 +130,10 @@ def server(command: list[str], port: int, ready: str = "/readyz", **env_override
         log.close()
 
 
-def wrk(url: str, seconds: int, connections: int) -> Result:
+def wrk(url: str, seconds: int, connections: int, script: str | None = None) -> Result:
+    options = ["-s", script] if script else []
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *options, url],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -237,6 +240,15 @@ def start(args: argparse.Namespace, stack: ExitStack, path: str) -> tuple[dict[s
     return bases, [("jssdk-service", "node"), ("bare uvloop", "node"), ("jssdk-service", "bare uvloop")]
 
 
+@contextmanager
+def distinct_pages(path: str) -> Iterator[str]:
+    """A wrk script asking for `path` with a counter appended to its page URL: no two requests alike."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+        script.write(f'n = 0\nrequest = function()\n  n = n + 1\n  return wrk.format("GET", "{path}" .. n)\nend\n')
+        script.flush()
+        yield script.name
+
+
 def line(label: str, name: str, result: Result) -> str:
     return f"{label} {name:14} {result.rps:9.0f} req/s  p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms"
 
@@ -248,6 +260,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--node-fresh", action="store_true", help="the Node peer signs every request afresh")
+    parser.add_argument("--distinct", action="store_true", help="every request a new page URL: nothing to reuse")
     args = parser.parse_args()
     needed = ["wrk", *{"redis": ["redis-server"], "node": ["node"]}.get(args.against, [])]
     missing = [tool for tool in needed if shutil.which(tool) is None]
@@ -265,12 +278,13 @@ def main() -> int:
         for url in targets.values():
             signed_config(url)
             wrk(url, 1, args.connections)  # warm-up
+        script = stack.enter_context(distinct_pages(path)) if args.distinct else None
         runs: dict[str, list[Result]] = {name: [] for name in targets}
         names = list(targets)
         for round_no in range(1, args.rounds + 1):
             shift = (round_no - 1) % len(names)
             for name in names[shift:] + names[:shift]:
-                runs[name].append(wrk(targets[name], args.seconds, args.connections))
+                runs[name].append(wrk(targets[name], args.seconds, args.connections, script))
                 print(line(f"round {round_no}", name, runs[name][-1]), flush=True)
     print()
     for name, results in runs.items():

@@ -40,12 +40,19 @@ from bench_signature import PAGE, free_port, server, signed_config, wrk
 Frame = tuple[str, str]
 """(file, function) of a profiled function, line numbers dropped."""
 
-_ENDPOINT = frozenset({"endpoint", "_endpoint.<locals>.endpoint"})
+_ENDPOINT = frozenset({"endpoint", "_endpoint.<locals>.endpoint", "json_response"})
 _AIOHTTP_PROTOCOL = ("web_protocol", "http_parser", "_http_parser", "base_protocol", "streams", "tcp_helpers")
 # First match wins: (group, file fragments, functions or None for any function in those files).
 GROUPS: list[tuple[str, tuple[str, ...], frozenset[str] | None]] = [
-    ("ours: endpoint wrapper (app._endpoint)", ("jssdk_service/app.py",), _ENDPOINT),
-    ("ours: handler (app.signature/_resolve/_ticket/_config/_json)", ("jssdk_service/app.py",), None),
+    ("socket writes (the transport's write, in C)", ("'write' of 'uvloop", "'writelines' of 'uvloop"), None),
+    # Before #10 the wrapper and the handlers were in app.py; now in endpoint.py and public.py.
+    ("ours: endpoint wrapper (_endpoint)", ("jssdk_service/app.py", "jssdk_service/endpoint.py"), _ENDPOINT),
+    (
+        "ours: handler (signature, _resolve, _ticket, signed_config)",
+        ("jssdk_service/app.py", "jssdk_service/public.py"),
+        None,
+    ),
+    ("ours: fast lane (fastlane.py)", ("jssdk_service/fastlane.py",), None),
     ("ours: page URL (pageurl.py)", ("jssdk_service/pageurl.py",), None),
     ("ours: sign_url + nonces (signing.py)", ("jssdk_service/signing.py",), None),
     ("ours: request id (logs.py)", ("jssdk_service/logs.py", "'__next__' of 'map'", "_contextvars"), None),

@@ -282,14 +282,20 @@ def convert(data: Mapping[str, Any], table: type[T], name_of: Callable[[FieldPat
         else:
             problem = problem[0].lower() + problem[1:]
             value: Any = data
-            for part in path:  # msgspec does not say what it got: find it
-                value = value[part]
+            try:
+                for part in path:  # msgspec does not say what it got: find it
+                    value = value[part]
+            except (KeyError, IndexError, TypeError):
+                value = None
+            if isinstance(value, str):
+                value = _USERINFO.sub("//***@", value)  # a URL's password is not shown
             if problem.startswith("expected") and isinstance(value, str | int | float):
                 problem = f"has value {value!r}; {problem}"
         raise ConfigError(name_of(path), problem) from None
 
 
-_LOCATION = re.compile(r"(?P<problem>.*?)(?: - at `(?:key` in `)?\$(?P<at>[^`]*?)(?:\[\.\.\.\])?`)?")
+_LOCATION = re.compile(r"(?P<problem>.*?)(?: - at `(?:key` in `)?\$(?P<at>[^`]*?)(?:\[\.\.\.\])?`)?", re.DOTALL)
+_USERINFO = re.compile(r"//[^/@]*@")
 _PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 _KEY_PROBLEM = re.compile(r"Object (?:(?P<unknown>contains unknown)|missing required) field (?P<key>.+)")
 

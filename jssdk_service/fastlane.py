@@ -20,11 +20,11 @@ import time
 from bisect import bisect_left
 from email.utils import formatdate
 from typing import cast
-from urllib.parse import unquote_plus
 
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.web_protocol import RequestHandler
+from yarl import URL
 
 from jssdk_service.config import Account
 from jssdk_service.endpoint import cors_headers
@@ -39,15 +39,17 @@ from jssdk_service.shapes import encode
 ROUTE = "/v1/signature"
 _PREFIX = b"GET /v1/signature?"
 _END = b"\r\n\r\n"
-# The longest request the lane reads: anything longer goes to aiohttp, which has the real limits.
-_MAX_REQUEST = 16 * 1024
+# The longest request the lane reads, and the most header fields: aiohttp's limits for one line and
+# for the fields (anything larger goes to aiohttp, which applies them).
+_MAX_REQUEST = 8190
+_MAX_HEADERS = 128
 # A header line: a token, a colon, the value without the white space around it.
 _FIELD = re.compile(r"(?:^|\r\n)([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*((?:[\t\x20-\x7e]*[\x21-\x7e])?)[ \t]*(?=\r\n|$)")
 # Headers after which the lane cannot be sure it answers as aiohttp would.
 _FOREIGN = frozenset({"content-length", "transfer-encoding", "upgrade", "expect"})
 # How many request targets the lane keeps parsed (past it, it starts afresh), and the longest kept:
-# at most 8 MiB however the targets vary.
-_PAGES_KEPT = 4096
+# with the parsed page (about twice the target again), a few MiB however the targets vary.
+_PAGES_KEPT = 1024
 _TARGET_KEPT = 2048
 _STATUS_LINE = b"HTTP/1.1 200 OK\r\n"
 _FIXED = (
@@ -101,16 +103,19 @@ class FastLane:
         except UnicodeDecodeError:
             return None
         first, _, rest = head.partition("\r\n")
-        request_line = first.split(" ")
-        if len(request_line) != 3 or request_line[0] != "GET" or request_line[2] != "HTTP/1.1" or "#" in first:
+        request_line = first.split(" ")  # the method is GET: the caller saw the prefix
+        if len(request_line) != 3 or request_line[2] != "HTTP/1.1" or "#" in first or not first.isprintable():
             return None
         target = request_line[1]
         fields = _FIELD.findall(rest)
         headers = {name.lower(): value for name, value in fields}
-        # Every line a plain field, none twice, none that gives the request a body or another protocol.
+        # Every line a plain field, none twice, a Host (HTTP/1.1 requires it), none that gives the
+        # request a body or another protocol, no more than aiohttp reads.
         if (
             len(headers) != len(fields)
             or len(fields) != rest.count("\r\n") + bool(rest)
+            or len(fields) > _MAX_HEADERS
+            or "host" not in headers
             or not _FOREIGN.isdisjoint(headers)
         ):
             return None
@@ -121,15 +126,15 @@ class FastLane:
         if signing is None:
             return None
         account, page = signing
+        request_id = headers.get("x-request-id")
+        if request_id is None or not usable_request_id(request_id):
+            request_id = new_request_id()
+        REQUEST_ID.set(request_id)  # before the ticket is looked at: a refresh it starts logs with it
         now = self.clock()
         ticket = self.store[account.app_id].usable_ticket(now)
         if ticket is None:
             return None
         body = encode(signed_config(account, page, ticket, now=now, nonce=self.nonces()))
-        request_id = headers.get("x-request-id")
-        if request_id is None or not usable_request_id(request_id):
-            request_id = new_request_id()
-        REQUEST_ID.set(request_id)
         extra = ""
         origin = headers.get("origin")
         if origin is not None:
@@ -150,10 +155,8 @@ class FastLane:
 
     def _page(self, target: str) -> tuple[Account, PageURL] | None:
         """The account and page a request target names, when they may be signed (kept for the next time)."""
-        try:
-            query = _query(target[len(ROUTE) + 1 :])
-        except UnicodeDecodeError:
-            return None
+        # The query as aiohttp reads it: yarl's, the first of a repeated parameter, bad UTF-8 as U+FFFD.
+        query = URL.build(path=ROUTE, query_string=target[len(ROUTE) + 1 :], encoded=True).query
         account = self.settings.account(query.get("app"))
         url = query.get("url")
         if account is None or url is None or "\ufffd" in url:
@@ -171,20 +174,6 @@ class FastLane:
         return account, page
 
 
-def _query(text: str) -> dict[str, str]:
-    """A query string's parameters as aiohttp reads them: the first of a repeated one, `+` a space,
-    escapes decoded as UTF-8 (`UnicodeDecodeError` when they are not)."""
-    params: dict[str, str] = {}
-    for part in text.split("&"):
-        if not part:
-            continue
-        name, _, value = part.partition("=")
-        if "%" in part or "+" in part:
-            name, value = unquote_plus(name, errors="strict"), unquote_plus(value, errors="strict")
-        params.setdefault(name, value)
-    return params
-
-
 class FastConnection(asyncio.Protocol):
     """One connection: its warm signatures answered here, the rest passed to aiohttp's handler.
 
@@ -198,6 +187,9 @@ class FastConnection(asyncio.Protocol):
         self._lane = lane
         self._transport: asyncio.Transport | None = None
         self._inner: RequestHandler | None = None
+        # Whether all aiohttp was given ended a request head: only then may the lane answer between.
+        self._clean = True
+        self._paused = False
         self._last = 0.0
         self._idle: asyncio.TimerHandle | None = None
 
@@ -219,17 +211,22 @@ class FastConnection(asyncio.Protocol):
         transport, inner = self._transport, self._inner
         if transport is None:
             return
-        if data.startswith(_PREFIX) and (inner is None or waiting(inner)):
+        lane_may = inner is None or (self._clean and waiting(inner))
+        if lane_may and not self._paused and data.startswith(_PREFIX):
             answer = self._lane.answer(data)
             if answer is not None:
                 response, close = answer
                 transport.write(response)
                 self._last = now = asyncio.get_running_loop().time()
-                if inner is not None:
+                if inner is None:
+                    if close:
+                        self.close()
+                elif close:
+                    inner.force_close()
+                else:
                     keep_alive_from(inner, now)
-                if close:
-                    self.close()
                 return
+        self._clean = data.endswith(_END)
         (inner or self._web_layer()).data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -246,15 +243,23 @@ class FastConnection(asyncio.Protocol):
             self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
+        """The client reads slower than it is answered: aiohttp waits, the lane stops reading."""
+        self._paused = True
         if self._inner is not None:
             self._inner.pause_writing()
+        elif self._transport is not None:
+            self._transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self._paused = False
         if self._inner is not None:
             self._inner.resume_writing()
+        elif self._transport is not None:
+            self._transport.resume_reading()
 
     def close(self) -> None:
-        """Close a connection the web layer has not served (between requests: nothing is in flight)."""
+        """Close the connection, if only the lane has served it (between requests: nothing is in flight);
+        once aiohttp serves it too, aiohttp closes it."""
         if self._transport is not None and self._inner is None:
             self._transport.close()
             self._forget()
@@ -265,6 +270,9 @@ class FastConnection(asyncio.Protocol):
         self._forget()
         inner = self._inner = self._lane.server()
         inner.connection_made(self._transport)
+        if self._paused:
+            self._transport.resume_reading()
+            inner.pause_writing()
         return inner
 
     def _check_idle(self) -> None:
@@ -283,8 +291,8 @@ class FastConnection(asyncio.Protocol):
             self._idle = None
 
 
-# What the lane reads and moves of aiohttp's connection handler (aiohttp is pinned to its minor
-# version for these; tests/test_fastlane.py proves them on every run).
+# What the lane reads and moves of aiohttp's connection handler: two of its slots read, one moved.
+# aiohttp is pinned to the release they were read from; tests/test_fastlane.py proves them.
 
 
 def waiting(handler: RequestHandler) -> bool:
@@ -295,7 +303,7 @@ def waiting(handler: RequestHandler) -> bool:
 
 def keep_alive_from(handler: RequestHandler, now: float) -> None:
     """Move the handler's keep-alive deadline on after an answer the lane gave for it."""
-    handler._next_keepalive_close_time = now + handler._keepalive_timeout
+    handler._next_keepalive_close_time = now + handler.keepalive_timeout
 
 
 class FastLaneListener:
@@ -318,7 +326,7 @@ class FastLaneListener:
     async def start(self) -> None:
         self._server = await asyncio.get_running_loop().create_server(self.lane, sock=self._sock)
 
-    async def stop(self) -> None:
+    def stop(self) -> None:
         if self._server is not None:
             self._server.close()
 

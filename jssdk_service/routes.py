@@ -44,7 +44,7 @@ PUBLIC = [
     Route(method="POST", path="/v1/signature", handler=public.signature, summary="wx.config object (JSON body)",
           body=shapes.SignatureRequest, answers=_CONFIG, errors=(*_SIGNING, *_BODY)),
     Route(method="GET", path="/v1/share", handler=public.share, summary="wx.config object and the two share payloads",
-          query=shapes.ShareQuery, answers=_SHARE, errors=_SIGNING),
+          query=shapes.ShareQuery, answers=_SHARE, errors=(*_SIGNING, InvalidShare)),
     Route(method="POST", path="/v1/share", handler=public.share, summary="wx.config and share payloads (JSON body)",
           body=shapes.ShareRequest, answers=_SHARE, errors=(*_SIGNING, *_BODY, InvalidShare)),
     Route(method="GET", path="/healthz", handler=public.healthz, summary="200 while the process runs",

@@ -188,7 +188,7 @@ async def serve(
         await asyncio.sleep(settings.drain_seconds)
         # Stop listening first, and let the connections accepted until now deliver their requests:
         # closing the server at once would drop a request that arrived with its connection.
-        await site.stop()
+        site.stop()
         await asyncio.sleep(CLOSE_GRACE)
     finally:
         site.close_connections()
@@ -364,11 +364,16 @@ def metrics_directory(configured: str | None, env: Mapping[str, str]) -> str:
 
 
 def _listening_socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    """The one listening socket: on the first address `host` names (a name may be IPv4 or IPv6)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]  # fmt: skip
+    except socket.gaierror as exc:
+        raise ConfigError("JSSDK_HOST", f"cannot listen on {host!r}: {exc.strerror}") from None
+    sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((host, port))
+        sock.bind(address)
     except OSError as exc:
         sock.close()
         raise ConfigError("JSSDK_PORT", f"cannot listen on {host}:{port}: {exc.strerror}") from None

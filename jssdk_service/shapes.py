@@ -321,7 +321,7 @@ _FIELD_ERRORS: dict[str, type[RequestError]] = {
     "landingUrl": InvalidURL,
     "share": InvalidShare,
 }
-_AT_FIELD = re.compile(r" - at `\$\.([A-Za-z]+)")
+_AT_FIELD = re.compile(r" - at `\$\.([A-Za-z]+)((?:\.[A-Za-z]+|\[\d+\])*)`")
 _MISSING = re.compile(r"missing required field `([A-Za-z]+)`")
 _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
 
@@ -345,12 +345,13 @@ def _field_error(text: str) -> RequestError:
     at = _AT_FIELD.search(text)
     missing = _MISSING.search(text)
     if at is not None:
-        field, problem = at[1], text[: at.start()]
+        field, name, problem = at[1], at[1] + at[2], text[: at.start()]
     elif missing is not None:
-        field, problem = missing[1], "is required"
+        field = name = missing[1]
+        problem = "is required"
     else:
         return InvalidRequest(f"the body: {text}")
-    return _FIELD_ERRORS.get(field, InvalidRequest)(f"{field}: {problem}")
+    return _FIELD_ERRORS.get(field, InvalidRequest)(f"{name}: {problem}")
 
 
 _encoder = msgspec.json.Encoder()

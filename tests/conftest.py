@@ -96,7 +96,7 @@ async def start_service(sandbox_url: str) -> AsyncIterator[ServiceFactory]:
 
     yield start
     for listener, runner in started:
-        await listener.stop()
+        listener.stop()
         listener.close_connections()
         await runner.cleanup()
 

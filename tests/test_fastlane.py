@@ -194,3 +194,48 @@ async def test_the_lane_waits_its_turn_behind_the_web_layer(
     assert ["ticket" in json.loads(body) for _, _, body in answers] == [True, False]
     assert "signature" in json.loads(answers[1][2]) and service.lane.answered == before
     connection.writer.close()
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        signature_request().replace(b"Host: localhost\r\n", b""),  # HTTP/1.1 needs a Host
+        signature_request().replace(b"?url=", b"?z=a\tb&url="),  # a control character in the target
+        signature_request().replace(b"HTTP/1.1", b"HTTP/1.0"),
+        signature_request(PAGE, "Content-Length: 0"),
+        signature_request(PAGE, "Transfer-Encoding: chunked"),
+    ],
+)
+async def test_what_aiohttp_may_refuse_is_aiohttps(
+    service: RunningService, http: aiohttp.ClientSession, connect: Connection, request_bytes: bytes
+) -> None:
+    """A request the lane cannot be sure aiohttp would accept is aiohttp's to answer."""
+    await warm(http, service)
+    before = service.lane.answered
+    connect.writer.write(request_bytes)
+    await connect.writer.drain()
+    await connect.reader.read(1)  # whatever aiohttp answers (or closes), it answered
+    assert service.lane.answered == before
+
+
+async def test_the_lane_never_answers_inside_a_request_aiohttp_is_reading(
+    service: RunningService, http: aiohttp.ClientSession, connect: Connection
+) -> None:
+    """Bytes that arrive while aiohttp holds an unfinished request head are that request's."""
+    await warm(http, service)
+    await connect.send(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    before = service.lane.answered
+    [(status, _, body)] = await connect.send(b"GET /healthz HTTP/1.1\r\nX-Note: ", signature_request())
+    assert (status, json.loads(body), service.lane.answered) == (200, {"status": "ok"}, before)
+
+
+async def test_connection_close_is_honoured_after_the_web_layer(
+    service: RunningService, http: aiohttp.ClientSession, connect: Connection
+) -> None:
+    """`Connection: close` answered by the lane closes a connection aiohttp has served too."""
+    await warm(http, service)
+    await connect.send(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    before = service.lane.answered
+    [(status, headers, _)] = await connect.send(signature_request(PAGE, "Connection: close"))
+    assert (status, headers["connection"], service.lane.answered) == (200, "close", before + 1)
+    assert await connect.closed(within=2)
