@@ -243,19 +243,19 @@ class FastConnection(asyncio.Protocol):
             self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
-        """The client reads slower than it is answered: aiohttp waits, the lane stops reading."""
-        self._paused = True
-        if self._inner is not None:
-            self._inner.pause_writing()
-        elif self._transport is not None:
-            self._transport.pause_reading()
+        self._flow(paused=True)
 
     def resume_writing(self) -> None:
-        self._paused = False
+        self._flow(paused=False)
+
+    def _flow(self, *, paused: bool) -> None:
+        """The client reads slower than it is answered (or again as fast): aiohttp waits for it, and
+        the lane stops reading (or reads again)."""
+        self._paused = paused
         if self._inner is not None:
-            self._inner.resume_writing()
+            (self._inner.pause_writing if paused else self._inner.resume_writing)()
         elif self._transport is not None:
-            self._transport.resume_reading()
+            (self._transport.pause_reading if paused else self._transport.resume_reading)()
 
     def close(self) -> None:
         """Close the connection, if only the lane has served it (between requests: nothing is in flight);

@@ -76,6 +76,13 @@ async def warm(http: aiohttp.ClientSession, service: RunningService) -> None:
     assert status == 200
 
 
+async def served_by_both(http: aiohttp.ClientSession, service: RunningService, connect: Connection) -> int:
+    """Warm the account and have aiohttp serve `connect` once; the lane's count of answers then."""
+    await warm(http, service)
+    await connect.send(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    return service.lane.answered
+
+
 async def test_a_warm_signature_comes_from_the_lane_as_the_web_layer_gives_it(
     service: RunningService, sandbox: WeChatSandbox, http: aiohttp.ClientSession, connect: Connection
 ) -> None:
@@ -222,9 +229,7 @@ async def test_the_lane_never_answers_inside_a_request_aiohttp_is_reading(
     service: RunningService, http: aiohttp.ClientSession, connect: Connection
 ) -> None:
     """Bytes that arrive while aiohttp holds an unfinished request head are that request's."""
-    await warm(http, service)
-    await connect.send(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
-    before = service.lane.answered
+    before = await served_by_both(http, service, connect)
     [(status, _, body)] = await connect.send(b"GET /healthz HTTP/1.1\r\nX-Note: ", signature_request())
     assert (status, json.loads(body), service.lane.answered) == (200, {"status": "ok"}, before)
 
@@ -233,9 +238,51 @@ async def test_connection_close_is_honoured_after_the_web_layer(
     service: RunningService, http: aiohttp.ClientSession, connect: Connection
 ) -> None:
     """`Connection: close` answered by the lane closes a connection aiohttp has served too."""
-    await warm(http, service)
-    await connect.send(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
-    before = service.lane.answered
+    before = await served_by_both(http, service, connect)
     [(status, headers, _)] = await connect.send(signature_request(PAGE, "Connection: close"))
     assert (status, headers["connection"], service.lane.answered) == (200, "close", before + 1)
     assert await connect.closed(within=2)
+
+
+class RecordingTransport(asyncio.Transport):
+    """A transport that notes what the connection asks of it (flow control is not observable over loopback
+    in a test's time: the kernel's buffers take megabytes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+        self.written = b""
+
+    def pause_reading(self) -> None:
+        self.calls.append("pause_reading")
+
+    def resume_reading(self) -> None:
+        self.calls.append("resume_reading")
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += bytes(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+
+async def test_a_client_that_does_not_read_stops_the_lane_reading(
+    service: RunningService, http: aiohttp.ClientSession
+) -> None:
+    """While the transport's buffer is over its limit the lane reads nothing more and answers nothing."""
+    await warm(http, service)
+    connection, transport = service.lane(), RecordingTransport()
+    connection.connection_made(transport)
+    connection.data_received(signature_request())
+    assert transport.written.startswith(b"HTTP/1.1 200 OK")
+    connection.pause_writing()
+    assert transport.calls == ["pause_reading"]
+    answered = service.lane.answered
+    connection.resume_writing()
+    assert transport.calls == ["pause_reading", "resume_reading"]
+    connection.data_received(signature_request())
+    assert service.lane.answered == answered + 1
+    connection.connection_lost(None)
