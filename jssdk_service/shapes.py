@@ -40,7 +40,7 @@ PageURLText = Annotated[
         extra_json_schema={"pattern": URL_PATTERN},
     ),
 ]
-AppKey = Annotated[
+AccountName = Annotated[
     str,
     msgspec.Meta(max_length=64, description="The account's appId or name; may be left out when one is configured"),
 ]
@@ -64,7 +64,7 @@ class SignatureQuery(_Shape):
     """What a signature is asked for with: the page, and which account."""
 
     url: PageURLText
-    app: AppKey | None = None
+    app: AccountName | None = None
 
 
 class ShareQuery(SignatureQuery):
