@@ -26,7 +26,7 @@ from msgspec import Meta
 
 from jssdk_service.errors import ConfigError, HostNotAllowed, InvalidShare, InvalidURL
 from jssdk_service.pageurl import normalise_domain, parse_page_url
-from jssdk_service.share import ShareFields, SharePolicy, ShareRule, check_link_domain, share_fields_from_mapping
+from jssdk_service.share import ShareFields, SharePolicy, ShareRule, check_link_domain, share_fields
 
 TokenAPI = Literal["stable", "classic"]
 LogFormat = Literal["json", "text"]
@@ -98,7 +98,7 @@ _SERVICE_VARIABLES = {"wechat_api_base": "JSSDK_WECHAT_API_BASE", "cache_url": "
 
 
 class ShareFieldsTable(Table, frozen=True, kw_only=True):
-    """Share fields, any of them; `share.share_fields_from_mapping` checks their URLs."""
+    """Share fields, any of them; `share.share_fields` checks their URLs."""
 
     title: str | None = None
     desc: str | None = None
@@ -420,9 +420,8 @@ def _share_policy(table: ShareTable, where: Callable[..., str], hosts: Sequence[
 
 
 def _share_fields(table: ShareFieldsTable, where: str, hosts: Sequence[str]) -> ShareFields:
-    data = {"title": table.title, "desc": table.desc, "link": table.link, "imgUrl": table.img_url}
     try:
-        fields = share_fields_from_mapping(data, where=where)
+        fields = share_fields(title=table.title, desc=table.desc, link=table.link, img_url=table.img_url, where=where)
         check_link_domain(fields, hosts, where=where)
     except (InvalidShare, HostNotAllowed, InvalidURL) as exc:
         raise ConfigError(where, exc.message) from None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
@@ -28,8 +27,8 @@ from jssdk_service.errors import (
     kind_of,
 )
 from jssdk_service.keys import ACCOUNT, SIGNERS, Lifecycle
-from jssdk_service.logs import REQUEST_ID, REQUEST_ID_HEADER, log_access, new_request_id, usable_request_id
-from jssdk_service.metrics import LATENCY_BUCKETS, UNMATCHED_ROUTE, route_stats
+from jssdk_service.logs import REQUEST_ID_HEADER, log_access, request_id_for
+from jssdk_service.metrics import UNMATCHED_ROUTE, route_stats
 from jssdk_service.pageurl import host_allowed, parse_page_url
 from jssdk_service.shapes import ErrorBody, ErrorDetail, encode
 
@@ -150,19 +149,13 @@ def _endpoint(handler: Handler, route: str, lifecycle: Lifecycle, *, access_log:
     keep-alive connection gets its answer, then opens its next connection elsewhere.
 
     `route` is the registered path: the label of the request's metrics and its access log line.
-    Every request passes here, /v1/signature's hot path included, so the request id is made in C
-    and the request is counted into `RouteStats` in place, with names bound once (bench/README.md).
     """
-    stats = route_stats(route)
-    statuses, buckets = stats.statuses, stats.buckets
-    clock, set_request_id = time.perf_counter, REQUEST_ID.set
+    count = route_stats(route).count
+    clock = time.perf_counter
 
     async def endpoint(request: web.Request) -> web.StreamResponse:
         started = clock()
-        request_id = request.headers.get(REQUEST_ID_HEADER)
-        if request_id is None or not usable_request_id(request_id):
-            request_id = new_request_id()
-        set_request_id(request_id)
+        request_id = request_id_for(request.headers.get(REQUEST_ID_HEADER))
         try:
             response = await handler(request)
         except Exception as exc:  # every failure becomes a JSON error, never a traceback
@@ -173,12 +166,9 @@ def _endpoint(handler: Handler, route: str, lifecycle: Lifecycle, *, access_log:
         if lifecycle.draining:
             response.force_close()
         elapsed = clock() - started
-        status = response.status
-        statuses[status] = statuses.get(status, 0) + 1
-        buckets[bisect_left(LATENCY_BUCKETS, elapsed)] += 1
-        stats.seconds += elapsed
+        count(response.status, elapsed)
         if access_log:
-            log_access(request, route, status, elapsed)
+            log_access(request, route, response.status, elapsed)
         return response
 
     return endpoint

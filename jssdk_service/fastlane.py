@@ -17,7 +17,6 @@ import asyncio
 import re
 import socket
 import time
-from bisect import bisect_left
 from email.utils import formatdate
 from typing import cast
 
@@ -30,8 +29,8 @@ from jssdk_service.config import Account
 from jssdk_service.endpoint import cors_headers
 from jssdk_service.errors import JssdkError
 from jssdk_service.keys import CLOCK, LIFECYCLE, NONCES, SETTINGS, STORE
-from jssdk_service.logs import REQUEST_ID, new_request_id, usable_request_id
-from jssdk_service.metrics import LATENCY_BUCKETS, route_stats
+from jssdk_service.logs import request_id_for
+from jssdk_service.metrics import route_stats
 from jssdk_service.pageurl import PageURL, host_allowed, parse_page_url
 from jssdk_service.public import signed_config
 from jssdk_service.shapes import encode
@@ -68,7 +67,7 @@ class FastLane:
         self.nonces = app[NONCES]
         self.server = server
         self.keepalive_timeout = keepalive_timeout
-        self.stats = route_stats(ROUTE)
+        self.count = route_stats(ROUTE).count
         self.connections: set[FastConnection] = set()
         # Request targets lately signed: the account and the page, parsed and found on its domains.
         self._pages: dict[str, tuple[Account, PageURL]] = {}
@@ -126,10 +125,7 @@ class FastLane:
         if signing is None:
             return None
         account, page = signing
-        request_id = headers.get("x-request-id")
-        if request_id is None or not usable_request_id(request_id):
-            request_id = new_request_id()
-        REQUEST_ID.set(request_id)  # before the ticket is looked at: a refresh it starts logs with it
+        request_id = request_id_for(headers.get("x-request-id"))  # before the ticket: a refresh it starts logs it
         now = self.clock()
         ticket = self.store[account.app_id].usable_ticket(now)
         if ticket is None:
@@ -146,11 +142,7 @@ class FastLane:
         tail = f"X-Request-Id: {request_id}\r\n{extra}Content-Length: {len(body)}\r\n\r\n".encode()
         response = b"".join((_STATUS_LINE, _FIXED, self.date(), tail, body))
         self.answered += 1
-        stats = self.stats
-        elapsed = time.perf_counter() - started
-        stats.statuses[200] = stats.statuses.get(200, 0) + 1
-        stats.buckets[bisect_left(LATENCY_BUCKETS, elapsed)] += 1
-        stats.seconds += elapsed
+        self.count(200, time.perf_counter() - started)
         return response, close
 
     def _page(self, target: str) -> tuple[Account, PageURL] | None:

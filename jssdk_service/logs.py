@@ -37,6 +37,16 @@ usable_request_id = re.compile(r"[A-Za-z0-9._:=+-]{1,64}").fullmatch
 # New ids: a random prefix per process (workers are spawned, each draws its own) and a counter;
 # made entirely in C, as the hot path calls it for every request that brings no id.
 new_request_id = map(f"{secrets.token_hex(6)}-{{:x}}".format, itertools.count(1)).__next__
+
+
+def request_id_for(given: str | None) -> str:
+    """The id of a request that came with `given` as its X-Request-Id: that one when usable, else a new one.
+    It is also set for the log lines written while the request is served."""
+    request_id = given if given is not None and usable_request_id(given) else new_request_id()
+    REQUEST_ID.set(request_id)
+    return request_id
+
+
 # Attributes every LogRecord has; anything else on a record came through `extra=`.
 _RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "request_id", "taskName"}
 

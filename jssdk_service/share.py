@@ -11,15 +11,13 @@ signed page URL and must stay inside the account's JS secure domains.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from jssdk_service.errors import HostNotAllowed, InvalidShare, InvalidURL
 from jssdk_service.pageurl import PageURL, parse_page_url, require_allowed
 
-SHARE_KEYS = ("title", "desc", "link", "imgUrl")
 # `link` and `imgUrl`: an http(s) URL, or a reference relative to the page (no other scheme), with
 # no white space or control character in it. The OpenAPI document carries the same pattern.
 REFERENCE_PATTERN = r"^(?:[Hh][Tt][Tt][Pp][Ss]?://|(?![A-Za-z][A-Za-z0-9+.-]*:))[^\x00-\x20\x7f]+$"
@@ -84,25 +82,6 @@ class SharePolicy:
             if rule.matches(path) and (best is None or rule.specificity > best.specificity):
                 best = rule
         return self.defaults if best is None else best.fields.over(self.defaults)
-
-
-def share_fields_from_mapping(data: Mapping[str, Any], *, where: str) -> ShareFields:
-    """Read `title`, `desc`, `link`, `imgUrl` from a TOML table; raise `InvalidShare`."""
-    values: dict[str, str] = {}
-    for key in SHARE_KEYS:
-        value = data.get(key)
-        if value is None:
-            continue
-        if not isinstance(value, str):
-            raise InvalidShare(f"{where}.{key} must be a string")
-        values[key] = value
-    unknown = sorted(set(data) - set(SHARE_KEYS))
-    if unknown:
-        raise InvalidShare(f"{where} has unknown field {unknown[0]!r} (expected {', '.join(SHARE_KEYS)})")
-    return share_fields(
-        title=values.get("title"), desc=values.get("desc"), link=values.get("link"), img_url=values.get("imgUrl"),
-        where=where,
-    )  # fmt: skip
 
 
 def share_fields(

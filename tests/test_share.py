@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from jssdk_service.errors import HostNotAllowed, InvalidShare
 from jssdk_service.pageurl import parse_page_url
+from jssdk_service.shapes import ShareRequest, decode_body
 from jssdk_service.share import (
     ShareFields,
     SharePolicy,
     ShareRule,
     check_link_domain,
-    share_fields_from_mapping,
+    share_fields,
     share_payloads,
 )
 
@@ -94,7 +96,10 @@ def test_a_link_outside_the_secure_domains_is_refused() -> None:
 def test_malformed_share_fields_are_refused(data: dict[str, object]) -> None:
     """Non-http(s) references, non-strings, blanks and unknown keys are `InvalidShare`."""
     with pytest.raises(InvalidShare):
-        share_fields_from_mapping(data, where="share")
+        override = decode_body(orjson.dumps({"url": "https://example.com/", "share": data}), ShareRequest).share
+        assert override is not None
+        share_fields(title=override.title, desc=override.desc, link=override.link, img_url=override.img_url,
+                     where="share")  # fmt: skip
 
 
 def test_fallbacks_without_any_configuration() -> None:
