@@ -26,7 +26,7 @@ from aiohttp.web_protocol import RequestHandler
 from yarl import URL
 
 from jssdk_service.config import Account
-from jssdk_service.endpoint import cors_headers
+from jssdk_service.endpoint import NO_STORE, cors_headers
 from jssdk_service.errors import JssdkError
 from jssdk_service.keys import CLOCK, LIFECYCLE, NONCES, SETTINGS, STORE
 from jssdk_service.logs import request_id_for
@@ -51,9 +51,8 @@ _FOREIGN = frozenset({"content-length", "transfer-encoding", "upgrade", "expect"
 _PAGES_KEPT = 1024
 _TARGET_KEPT = 2048
 _STATUS_LINE = b"HTTP/1.1 200 OK\r\n"
-_FIXED = (
-    f"Content-Type: application/json; charset=utf-8\r\nCache-Control: no-store\r\nServer: {SERVER_SOFTWARE}\r\n"
-).encode()
+# The headers of every answer: the web layer's for a signature (`NO_STORE`), and aiohttp's Server.
+_FIXED = "".join(f"{name}: {value}\r\n" for name, value in {**NO_STORE, "Server": SERVER_SOFTWARE}.items()).encode()
 
 
 class FastLane:

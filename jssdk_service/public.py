@@ -12,7 +12,6 @@ A GET reads its query by hand (the hot path); a POST body is decoded by its shap
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import parse_qsl
 
 import msgspec
@@ -21,7 +20,7 @@ from aiohttp import web
 from jssdk_service.config import Account
 from jssdk_service.credentials import AccountStatus
 from jssdk_service.endpoint import JSON_HEADERS, flag, json_response
-from jssdk_service.errors import InvalidRequest, InvalidShare, InvalidURL, UnknownApp
+from jssdk_service.errors import InvalidShare, InvalidURL, UnknownApp
 from jssdk_service.keys import ACCOUNT, CACHE, CLOCK, DOCUMENT, LIFECYCLE, NONCES, SETTINGS, STORE, WECHAT
 from jssdk_service.metrics import CONTENT_TYPE, exposition
 from jssdk_service.pageurl import PageURL, parse_page_url, require_allowed
@@ -151,10 +150,11 @@ def _account_readiness(s: AccountStatus) -> AccountReadiness:
 # -- the pieces ------------------------------------------------------------------------------
 
 
-def _resolve(request: web.Request, app: web.Application, app_key: Any, url: Any) -> tuple[Account, PageURL]:
-    """The account `app_key` names and the page `url` it is asked to sign, checked against its domains."""
-    if app_key is not None and not isinstance(app_key, str):
-        raise InvalidRequest("app must be a string")
+def _resolve(
+    request: web.Request, app: web.Application, app_key: str | None, url: str | None
+) -> tuple[Account, PageURL]:
+    """The account `app_key` names and the page `url` it is asked to sign, checked against its domains
+    (their types are the query's, or checked by the body's shape)."""
     account = app[SETTINGS].account(app_key)
     if account is None:
         if app_key:
