@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 import orjson
+import redis.asyncio as aioredis
 import redis.exceptions
 from aiocache import RedisCache as AiocacheRedis
 from aiocache import SimpleMemoryCache
@@ -302,6 +303,64 @@ def _text(data: Any) -> str:
 def _decode(text: str) -> dict[str, Any]:
     record = orjson.loads(text)
     return record if isinstance(record, dict) else {}
+
+
+class RawKeyError(Exception):
+    """A key of `RawKeys` could not be read or written; the message says why (never a password)."""
+
+
+class RawKeys:
+    """Keys another system owns, read and written as they are: no namespace, no record format of ours.
+
+    What an external token source keeps in Redis (`token_redis_key`), and what the sandbox's central
+    token server writes there. Unlike `RedisCache` it does not degrade: a failure is a `RawKeyError`
+    for the caller to report.
+    """
+
+    def __init__(self, url: str, *, password: str | None = None, op_timeout: float = 2.0) -> None:
+        parts = urlsplit(url)
+        self._where = f"{parts.scheme}://{parts.hostname or '127.0.0.1'}:{parts.port or 6379}{parts.path or '/0'}"
+        self._client = aioredis.Redis.from_url(
+            url,
+            password=None if parts.password else password,
+            socket_timeout=op_timeout,
+            socket_connect_timeout=op_timeout,
+            retry=Retry(NoBackoff(), 1),
+            retry_on_error=[redis.exceptions.ConnectionError],
+        )
+
+    def __repr__(self) -> str:
+        return f"RawKeys({self._where!r})"
+
+    async def read(self, key: str) -> tuple[str, float | None] | None:
+        """The value at `key` and its seconds to live (None: it never expires); None when there is no key."""
+        try:
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.get(key)
+                pipe.pttl(key)
+                value, pttl = await pipe.execute()
+        except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+            raise RawKeyError(self._problem(exc)) from None
+        if value is None:
+            return None
+        return _text(value), (None if pttl is None or pttl < 0 else pttl / 1000)
+
+    async def write(self, key: str, value: str, ttl: float | None) -> None:
+        """Set `key` to `value`, expiring after `ttl` seconds (None: never)."""
+        try:
+            await self._client.set(key, value, px=None if ttl is None else max(1, int(ttl * 1000)))
+        except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+            raise RawKeyError(self._problem(exc)) from None
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    def _problem(self, exc: BaseException) -> str:
+        if isinstance(exc, redis.exceptions.AuthenticationError):
+            return f"Redis {self._where} refused the password"
+        if isinstance(exc, redis.exceptions.ResponseError):
+            return f"Redis {self._where} refused the operation ({str(exc)[:120]})"
+        return f"Redis {self._where} is unreachable ({type(exc).__name__})"
 
 
 def open_cache(url: str, *, password: str | None = None) -> SharedCache:
