@@ -48,7 +48,7 @@ async def scrape_rounds(accounts: int, rounds: int) -> tuple[list[float], list[f
     count = metrics.upstream_call_counter(configured)
     for creds in store:
         ticket = JsapiTicket(value="ticket", obtained_at=now, expires_in=7200)
-        creds._hold(ticket)
+        creds._hold(ticket, None)
         creds._token = AccessToken(value="token", obtained_at=now, expires_in=7200)
         count(creds.account.app_id, "stable_token", "ok")
         count(creds.account.app_id, "getticket", "ok")

@@ -93,8 +93,9 @@ async def refresh(request: web.Request) -> web.Response:
     clock = config[CLOCK]
     account = _account(config[SETTINGS].account(request.match_info["app"]), request.match_info["app"])
     new_token = flag(request.query.get("token", "0"), "token")
-    if new_token and account.token_api == "stable":  # noqa: S105 (an API name, not a secret)
-        next_allowed = await ForcedRefreshes(config[CACHE]).book(account.app_id, clock())
+    stable = not account.wecom and account.source is None and account.token_api == "stable"  # noqa: S105
+    if new_token and stable:
+        next_allowed = await ForcedRefreshes(config[CACHE]).book(account.key, clock())
         if next_allowed is not None:
             raise _refresh_limited(next_allowed, clock())
     log.info(
@@ -102,10 +103,10 @@ async def refresh(request: web.Request) -> web.Response:
         account.name,
         "access_token and jsapi_ticket" if new_token else "jsapi_ticket",
     )
-    ticket = await config[STORE][account.app_id].refresh(force=True, new_token=new_token)
+    ticket = await config[STORE][account.key].refresh(force=True, new_token=new_token)
     answer = AdminRefresh(
         app=account.name,
-        app_id=account.app_id,
+        app_id=account.key,
         token_refreshed=new_token,
         ticket=TicketFingerprint(fingerprint=ticket.fingerprint, expires_in=round(ticket.expires_at - clock(), 1)),
     )

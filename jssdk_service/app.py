@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from jssdk_service.admin import admin_app
-from jssdk_service.cache import open_cache
-from jssdk_service.config import Account, Settings
+from jssdk_service.cache import RawKeys, open_cache
+from jssdk_service.config import Account, Settings, TokenRedisKey
 from jssdk_service.credentials import CredentialStore, RefreshRules
 from jssdk_service.endpoint import Route, install_routes
 from jssdk_service.keys import (
@@ -76,8 +76,8 @@ def create_app(
     async def wechat_client(app: web.Application) -> AsyncIterator[None]:
         observers: list[CallObserver] = app[CALL_OBSERVERS]
         scheduler = UpstreamScheduler(settings.upstream_concurrency)
-        client = WeChatClient(settings.api_bases, policy=retry_policy, observers=observers, clock=clock,
-                              scheduler=scheduler, transport=transport)  # fmt: skip
+        client = WeChatClient(settings.api_bases, wecom_bases=settings.wecom_api_bases, policy=retry_policy,
+                              observers=observers, clock=clock, scheduler=scheduler, transport=transport)  # fmt: skip
         app[WECHAT] = client
         yield
         await client.aclose()
@@ -90,9 +90,12 @@ def create_app(
         await cache.close()
 
     async def credential_store(app: web.Application) -> AsyncIterator[None]:
-        rules = RefreshRules(
-            clock=clock, lock_lease=settings.lock_lease, request_wait=settings.request_wait, usage=usage
-        )
+        password = settings.redis_password.reveal() if settings.redis_password else None
+        # The Redis of each external source kept there: its own URL, or (None) the service's.
+        urls = {a.source.redis_url for a in settings.accounts if isinstance(a.source, TokenRedisKey)}
+        source_keys = {url: RawKeys(url or settings.cache_url, password=password) for url in urls}
+        rules = RefreshRules(clock=clock, lock_lease=settings.lock_lease, request_wait=settings.request_wait,
+                             usage=usage, source_keys=source_keys)  # fmt: skip
         store = CredentialStore(settings.accounts, app[WECHAT], app[CACHE], rules=rules)
         app[STORE] = store
         store.start()
@@ -102,6 +105,8 @@ def create_app(
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
         await store.stop()
+        for keys in source_keys.values():
+            await keys.close()
 
     app.cleanup_ctx.extend([wechat_client, shared_cache, credential_store])
     directory = MULTIPROCESS_DIR

@@ -29,6 +29,8 @@ from jssdk_service.pageurl import normalise_domain, parse_page_url
 from jssdk_service.share import ShareFields, SharePolicy, ShareRule, check_link_domain, share_fields
 
 TokenAPI = Literal["stable", "classic"]
+AccountKind = Literal["official", "wecom"]
+TokenSourceKind = Literal["secret", "external"]
 LogFormat = Literal["json", "text"]
 T = TypeVar("T")
 FieldPath = tuple[str | int, ...]  # where a value is in the document: ("accounts", 1, "app_id")
@@ -72,6 +74,9 @@ class ServiceTable(Table, frozen=True, kw_only=True):
     api_bases: Annotated[tuple[HttpBase, ...], Meta(min_length=1)] = msgspec.field(
         default=("https://api.weixin.qq.com", "https://api2.weixin.qq.com"), name="wechat_api_base"
     )
+    wecom_api_bases: Annotated[tuple[HttpBase, ...], Meta(min_length=1)] = msgspec.field(
+        default=("https://qyapi.weixin.qq.com",), name="wecom_api_base"
+    )
     cache_url: Annotated[str, Meta(pattern=r"(?i)^(memory|rediss?):")] = "memory://"
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=1, le=65535)] = 8080
@@ -89,7 +94,8 @@ class ServiceTable(Table, frozen=True, kw_only=True):
 
 
 # The variable of each [service] key: it wins over the file (and a flag wins over it).
-_SERVICE_VARIABLES = {"wechat_api_base": "JSSDK_WECHAT_API_BASE", "cache_url": "JSSDK_CACHE_URL", "host": "JSSDK_HOST",
+_SERVICE_VARIABLES = {"wechat_api_base": "JSSDK_WECHAT_API_BASE", "wecom_api_base": "JSSDK_WECOM_API_BASE",
+                      "cache_url": "JSSDK_CACHE_URL", "host": "JSSDK_HOST",
                       "port": "JSSDK_PORT", "log_level": "JSSDK_LOG_LEVEL", "log_format": "JSSDK_LOG_FORMAT",
                       "access_log": "JSSDK_ACCESS_LOG", "lock_lease": "JSSDK_LOCK_LEASE",
                       "upstream_concurrency": "JSSDK_UPSTREAM_CONCURRENCY", "request_wait": "JSSDK_REQUEST_WAIT",
@@ -118,16 +124,34 @@ class ShareTable(ShareFieldsTable, frozen=True, kw_only=True):
     rules: tuple[ShareRuleTable, ...] = ()
 
 
-class AccountTable(Table, frozen=True, kw_only=True):
-    """One `[[accounts]]` table, or the single account of the environment."""
+Identifier = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
-    app_id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-    name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] | None = None  # None: the app_id
+
+class AccountTable(Table, frozen=True, kw_only=True):
+    """One `[[accounts]]` table, or the single account of the environment.
+
+    `kind` says which fields it needs: an official account's `app_id`, or a WeCom app's `corp_id`
+    and `agent_id`; `token_source` says where its access_token comes from: fetched with the secret,
+    or read from a server that owns it (`token_url` or `token_redis_key`). `_account` checks the
+    combinations.
+    """
+
+    kind: AccountKind = "official"
+    app_id: Identifier | None = None
+    corp_id: Identifier | None = None
+    agent_id: Annotated[int, Meta(ge=0, le=2**63 - 1)] | Annotated[str, Meta(pattern=r"^[0-9]{1,19}$")] | None = None
+    name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] | None = None  # None: the app_id (or corp:agent)
     secret_env: str | None = None
     secret_file: str | None = None
+    token_source: TokenSourceKind = "secret"  # noqa: S105 (a source's name, not a secret)
+    token_url: HttpBase | None = None
+    token_url_auth_env: str | None = None
+    token_url_auth_file: str | None = None
+    token_redis_key: Annotated[str, Meta(min_length=1, max_length=512)] | None = None
+    token_redis_url: Annotated[str, Meta(pattern=r"(?i)^rediss?://")] | None = None
     allowed_hosts: NonEmpty
-    token_api: TokenAPI = "stable"  # noqa: S105 (an API name, not a secret)
-    js_api_list: NonEmpty = ("updateAppMessageShareData", "updateTimelineShareData")
+    token_api: TokenAPI | None = None  # official accounts with a secret; None: "stable"
+    js_api_list: NonEmpty | None = None  # None: the share APIs of the kind
     open_tag_list: tuple[str, ...] = ()
     share: ShareTable = ShareTable()
 
@@ -139,23 +163,82 @@ class Document(Table, frozen=True, kw_only=True):
     accounts: Annotated[tuple[AccountTable, ...], Meta(min_length=1)]
 
 
-# The defaults of Settings and Account are the tables' own.
+# The defaults of Settings are the table's own.
 _SERVICE = ServiceTable()
-_ACCOUNT = {info.name: info.default for info in msgspec.structs.fields(AccountTable)}
+# The APIs a page gets permission for when the account does not list them: the share APIs of its client.
+SHARE_APIS: dict[AccountKind, tuple[str, ...]] = {
+    "official": ("updateAppMessageShareData", "updateTimelineShareData"),
+    "wecom": ("onMenuShareAppMessage", "onMenuShareWechat", "onMenuShareTimeline"),
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenURL:
+    """An external token source over HTTP: GET `url` (with `Authorization: Bearer <auth>` when set)."""
+
+    url: str
+    auth: Secret | None = None
+
+    def __repr__(self) -> str:
+        return f"TokenURL({self.where!r})"
+
+    @property
+    def where(self) -> str:
+        """The URL for logs and errors: no credentials, no query."""
+        return _USERINFO.sub("//", self.url.partition("?")[0])
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenRedisKey:
+    """An external token source in Redis: a key another system writes."""
+
+    key: str
+    redis_url: str | None = None
+    """None: the service's own Redis (`JSSDK_CACHE_URL`)."""
+
+    @property
+    def where(self) -> str:
+        return f"Redis key {self.key!r}"
+
+
+TokenSource = TokenURL | TokenRedisKey
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Account:
-    """One official account: its credentials, JS secure domains and share rules."""
+    """One account the service signs for: an official account or a WeCom app, and its token's source.
+
+    `app_id` is the appId that `wx.config` names: the official account's, or the WeCom corp's
+    corp_id. `key` is how the service knows the account (its cache keys, its metrics): the appId,
+    or `corp_id:agent_id` for a WeCom app. With `source` set the access_token is read from a
+    server that owns it, and no AppSecret is held.
+    """
 
     name: str
     app_id: str
-    secret: Secret
+    secret: Secret | None
     allowed_hosts: tuple[str, ...]
-    token_api: TokenAPI = _ACCOUNT["token_api"]
-    js_api_list: tuple[str, ...] = _ACCOUNT["js_api_list"]
-    open_tag_list: tuple[str, ...] = _ACCOUNT["open_tag_list"]
+    kind: AccountKind = "official"
+    agent_id: str | None = None
+    source: TokenSource | None = None
+    token_api: TokenAPI = "stable"  # noqa: S105 (an API name, not a secret)
+    js_api_list: tuple[str, ...] = SHARE_APIS["official"]
+    open_tag_list: tuple[str, ...] = ()
     share: SharePolicy = field(default_factory=SharePolicy)
+    key: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", self.app_id if self.agent_id is None else f"{self.app_id}:{self.agent_id}")
+
+    @property
+    def wecom(self) -> bool:
+        return self.kind == "wecom"
+
+    def reveal_secret(self) -> str:
+        """The AppSecret (or the WeCom app's secret); an external account holds none."""
+        if self.secret is None:
+            raise ValueError(f"account {self.name!r} reads its token from {self.source!r} and holds no secret")
+        return self.secret.reveal()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -164,6 +247,7 @@ class Settings:
 
     accounts: tuple[Account, ...]
     api_bases: tuple[str, ...] = _SERVICE.api_bases
+    wecom_api_bases: tuple[str, ...] = _SERVICE.wecom_api_bases
     cache_url: str = _SERVICE.cache_url
     host: str = _SERVICE.host
     port: int = _SERVICE.port
@@ -181,13 +265,13 @@ class Settings:
     _by_key: dict[str, Account] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # Names first, then appIds: a key is looked up in one step whatever the number of accounts.
-        index = {account.app_id: account for account in self.accounts}
+        # Names first, then keys (appIds, corp_id:agent_id): one step whatever the number of accounts.
+        index = {account.key: account for account in self.accounts}
         index.update({account.name: account for account in self.accounts})
         object.__setattr__(self, "_by_key", index)
 
     def account(self, key: str | None) -> Account | None:
-        """The account named `key` (its name or appId), or the only one when `key` is empty."""
+        """The account named `key` (its name, appId or corp_id:agent_id), or the only one when `key` is empty."""
         if not key:
             return self.accounts[0] if len(self.accounts) == 1 else None
         return self._by_key.get(key)
@@ -229,11 +313,13 @@ def load_settings(
         return _dotted(path)
 
     tables = convert({"service": service, "accounts": entries}, Document, name_of)
-    accounts = tuple(_account(table, i, env, name_of) for i, table in enumerate(tables.accounts))
+    shared_redis = tables.service.cache_url.lower().startswith("redis")
+    accounts = tuple(_account(table, i, env, name_of, shared_redis) for i, table in enumerate(tables.accounts))
     _check_unique(accounts)
     values = msgspec.structs.asdict(tables.service)  # Settings has every field of ServiceTable
     values.update(
         api_bases=tuple(base.rstrip("/") for base in tables.service.api_bases),
+        wecom_api_bases=tuple(base.rstrip("/") for base in tables.service.wecom_api_bases),
         log_level=tables.service.log_level.upper(),
     )
     return Settings(
@@ -364,37 +450,101 @@ def _file_account(entry: Any, index: int) -> Any:
     return _split_lists(entry, AccountTable)
 
 
-def _account(table: AccountTable, index: int, env: Mapping[str, str], name_of: Callable[[FieldPath], str]) -> Account:
+# Which fields each kind and source needs (all of them) and refuses (any of them).
+_NEEDS: dict[str, tuple[str, ...]] = {"official": ("app_id",), "wecom": ("corp_id", "agent_id")}
+_REFUSES: dict[str, tuple[str, ...]] = {
+    "official": ("corp_id", "agent_id"),
+    "wecom": ("app_id", "token_api"),
+    "secret": ("token_url", "token_url_auth_env", "token_url_auth_file", "token_redis_key", "token_redis_url"),
+    "external": ("secret_env", "secret_file", "token_api"),
+}
+
+
+def _account(
+    table: AccountTable,
+    index: int,
+    env: Mapping[str, str],
+    name_of: Callable[[FieldPath], str],
+    shared_redis: bool,
+) -> Account:
     def where(*path: str | int) -> str:
         return name_of(("accounts", index, *path))
 
+    given = {name for name in _FIELD_NAMES if getattr(table, name) is not None}
+    for key in _NEEDS[table.kind]:
+        if key not in given:
+            raise ConfigError(where(key), f'is required for kind = "{table.kind}"')
+    for group in (table.kind, table.token_source):
+        for key in _REFUSES[group]:
+            if key in given:
+                setting = "kind" if group == table.kind else "token_source"
+                raise ConfigError(where(key), f'is not used with {setting} = "{group}"')
     hosts = _allowed_hosts(table.allowed_hosts, where("allowed_hosts"))
+    external = table.token_source == "external"  # noqa: S105 (a source's name)
+    app_id = table.app_id or table.corp_id
+    assert app_id is not None  # _NEEDS
+    agent_id = None if table.agent_id is None else str(table.agent_id)
+    key = app_id if agent_id is None else f"{app_id}:{agent_id}"
     return Account(
-        name=table.name or table.app_id,
-        app_id=table.app_id,
-        secret=_secret(table, env, where),
+        name=table.name or key,
+        app_id=app_id,
+        kind=table.kind,
+        agent_id=agent_id,
+        secret=None if external else _secret(table, env, where),
+        source=_token_source(table, env, where, shared_redis) if external else None,
         allowed_hosts=hosts,
-        token_api=table.token_api,
-        js_api_list=table.js_api_list,
+        token_api=table.token_api or "stable",
+        js_api_list=table.js_api_list or SHARE_APIS[table.kind],
         open_tag_list=table.open_tag_list,
         share=_share_policy(table.share, where, hosts),
     )
 
 
+_FIELD_NAMES = tuple(info.name for info in msgspec.structs.fields(AccountTable))
+
+
+def _token_source(
+    table: AccountTable, env: Mapping[str, str], where: Callable[[str], str], shared_redis: bool
+) -> TokenSource:
+    """Where an external account's access_token is read: exactly one of token_url and token_redis_key."""
+    if (table.token_url is None) == (table.token_redis_key is None):
+        raise ConfigError(where("token_source"), '"external" needs exactly one of token_url and token_redis_key')
+    if table.token_url is not None:
+        if table.token_url_auth_env and table.token_url_auth_file:
+            raise ConfigError(where("token_url_auth_env"), "give token_url_auth_env or token_url_auth_file, not both")
+        auth = _read_secret(env, table.token_url_auth_env, table.token_url_auth_file,
+                            where("token_url_auth_env"), where("token_url_auth_file"))  # fmt: skip
+        return TokenURL(url=table.token_url, auth=auth)
+    if table.token_redis_url is None and not shared_redis:
+        raise ConfigError(
+            where("token_redis_key"), "needs a Redis: set token_redis_url, or JSSDK_CACHE_URL to redis://"
+        )
+    assert table.token_redis_key is not None
+    return TokenRedisKey(key=table.token_redis_key, redis_url=table.token_redis_url)
+
+
 def _secret(table: AccountTable, env: Mapping[str, str], where: Callable[[str], str]) -> Secret:
-    value = env.get(table.secret_env) if table.secret_env else None
-    if table.secret_env and not value:
-        raise ConfigError(where("secret_env"), f"environment variable {table.secret_env!r} is not set")
-    if table.secret_file:
-        try:
-            value = Path(table.secret_file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(where("secret_file"), f"cannot read {table.secret_file!r}: {exc.strerror}") from None
-        if not value:
-            raise ConfigError(where("secret_file"), f"{table.secret_file!r} is empty")
-    if not value:
+    found = _read_secret(env, table.secret_env, table.secret_file, where("secret_env"), where("secret_file"))
+    if found is None:
         raise ConfigError(where("secret"), "an AppSecret is required (set it, or point to a file that holds it)")
-    return Secret(value)
+    return found
+
+
+def _read_secret(
+    env: Mapping[str, str], variable: str | None, path: str | None, variable_field: str, path_field: str
+) -> Secret | None:
+    """The secret in environment `variable` or, winning over it, in the file at `path`; None if neither is named."""
+    value = env.get(variable) if variable else None
+    if variable and not value:
+        raise ConfigError(variable_field, f"environment variable {variable!r} is not set")
+    if path:
+        try:
+            value = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(path_field, f"cannot read {path!r}: {exc.strerror}") from None
+        if not value:
+            raise ConfigError(path_field, f"{path!r} is empty")
+    return Secret(value) if value else None
 
 
 def _allowed_hosts(items: Sequence[str], field_name: str) -> tuple[str, ...]:
@@ -431,7 +581,7 @@ def _share_fields(table: ShareFieldsTable, where: str, hosts: Sequence[str]) -> 
 def _check_unique(accounts: Sequence[Account]) -> None:
     seen: dict[str, int] = {}
     for i, account in enumerate(accounts):
-        for key in {account.name, account.app_id}:
+        for key in {account.name, account.key}:
             if key in seen and seen[key] != i:
                 raise ConfigError(f"accounts[{i}]", f"name or app_id {key!r} is already used by accounts[{seen[key]}]")
             seen[key] = i

@@ -13,6 +13,13 @@ request waiting on an account hurries that account's turn); a request waits at m
 at random inside a window (`tokens.py`); failure backoffs carry jitter. With a shared cache that
 carries news (Redis pub/sub), every credential this process obtains is announced, and news of
 another process's credential is adopted from the cache at once: the message names the key only.
+
+Every kind of account goes through the same pipeline. A WeCom app holds two tickets, the corp's
+(wx.config) and its own agent ticket (wx.agentConfig), refreshed together with its own token,
+each call booked first against WeCom's hourly limits (`quotas.HourlyLimits`). An external account
+reads its token from the server that owns it, every time a ticket is fetched, and never calls a
+token API; when WeChat refuses that token it reads the source once more after a pause, and if the
+source still hands out the same token, the account says so (`TokenSourceStale`) and waits.
 """
 
 from __future__ import annotations
@@ -28,20 +35,31 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from jssdk_service.cache import SharedCache
-from jssdk_service.config import Account
+import orjson
+
+from jssdk_service.cache import RawKeyError, RawKeys, SharedCache
+from jssdk_service.config import Account, TokenRedisKey, TokenURL
 from jssdk_service.errors import (
+    HourlyLimited,
     QuotaExhausted,
     RateLimited,
     TokenInvalid,
+    TokenSourceFailed,
+    TokenSourceStale,
     UpstreamError,
     UpstreamRejected,
     UpstreamUnavailable,
 )
-from jssdk_service.quotas import UpstreamUsage, next_china_midnight
+from jssdk_service.quotas import (
+    WECOM_APP_TICKETS_PER_HOUR,
+    WECOM_CORP_TICKETS_PER_HOUR,
+    HourlyLimits,
+    UpstreamUsage,
+    next_china_midnight,
+)
 from jssdk_service.scheduler import Turn, UpstreamScheduler
-from jssdk_service.tokens import AccessToken, JsapiTicket, Position, Spread
-from jssdk_service.wechat import WeChatClient
+from jssdk_service.tokens import AccessToken, JsapiTicket, Position, Spread, external_token
+from jssdk_service.wechat import TicketKind, WeChatClient
 
 log = logging.getLogger("jssdk_service.credentials")
 
@@ -58,6 +76,12 @@ REJECTED_RETRY = (30.0, 900.0)
 UNAVAILABLE_RETRY = (1.0, 30.0)
 # Accounts whose daily quota is spent resume over this many seconds after midnight, not all at once.
 RESUME_SPREAD = 60.0
+# An external source whose token WeChat refused is read again after this pause (it may be rotating).
+SOURCE_REREAD_PAUSE = 1.0
+
+
+Tickets = tuple[JsapiTicket, JsapiTicket | None]
+"""What a refresh lands: the ticket that signs wx.config, and a WeCom app's agent ticket."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,13 +118,20 @@ class RefreshRules:
     spread: Position = field(default_factory=Spread)
     """Positions of refresh times in their windows: one `Spread` for all accounts, so that their
     refreshes come out evenly spaced."""
+    source_keys: dict[str | None, RawKeys] = field(default_factory=dict)
+    """The Redis of each external source kept there, by its `token_redis_url` (None: the service's own)."""
+    source_reread_pause: float = SOURCE_REREAD_PAUSE
 
 
 class AccountCredentials:
     """The token and ticket of one account, refreshed ahead of expiry, one refresh at a time."""
 
-    def __init__(self, account: Account, client: WeChatClient, cache: SharedCache, rules: RefreshRules) -> None:
+    def __init__(
+        self, account: Account, client: WeChatClient, cache: SharedCache, rules: RefreshRules, hourly: HourlyLimits
+    ) -> None:
         self.account = account
+        self._rules = rules
+        self._hourly = hourly
         self._lock_lease = rules.lock_lease
         self._request_wait = rules.request_wait
         self._usage = rules.usage
@@ -113,6 +144,9 @@ class AccountCredentials:
         self._ticket: JsapiTicket | None = None
         # The last few tickets, newest first, for diagnosing signatures made with an earlier one.
         self.recent_tickets: deque[JsapiTicket] = deque(maxlen=RECENT_TICKETS)
+        # A WeCom app's agent ticket, refreshed with the corp ticket (`_ticket`) and its recent ones.
+        self._agent_ticket: JsapiTicket | None = None
+        self.recent_agent_tickets: deque[JsapiTicket] = deque(maxlen=RECENT_TICKETS)
         # The current ticket's deadlines, copied out of it for the hot path.
         self._usable_until = self._refresh_at = 0.0
         self._token: AccessToken | None = None
@@ -124,9 +158,12 @@ class AccountCredentials:
         self._error: UpstreamError | None = None
         self._blocked_until = 0.0
         self._failures = 0
-        self._ticket_key = f"{account.app_id}:ticket"
-        self._token_key = f"{account.app_id}:token:{account.token_api}"
-        self._lock_key = f"{account.app_id}:refresh-lock"
+        key = account.key
+        self._ticket_key = f"{key}:ticket"
+        self._agent_key = f"{key}:agent-ticket"
+        api = "external" if account.source is not None else "gettoken" if account.wecom else account.token_api
+        self._token_key = f"{key}:token:{api}"
+        self._lock_key = f"{key}:refresh-lock"
 
     def __repr__(self) -> str:
         return f"AccountCredentials(app={self.account.name!r})"
@@ -138,6 +175,16 @@ class AccountCredentials:
         if now >= self._refresh_at and self._flight is None and now >= self._blocked_until:
             self._start_refresh()
         return self._ticket
+
+    def usable_agent_ticket(self, now: float) -> JsapiTicket | None:
+        """A WeCom app's agent ticket, as `usable_ticket` gives its corp ticket (None for other accounts)."""
+        return self._agent_ticket if self.usable_ticket(now) is not None else None
+
+    async def agent_ticket(self) -> JsapiTicket:
+        """A WeCom app's agent ticket that may sign now, waiting as `ticket` does."""
+        await self.ticket()
+        assert self._agent_ticket is not None  # held with the corp ticket, always
+        return self._agent_ticket
 
     async def ticket(self) -> JsapiTicket:
         """A ticket that may sign now, waiting (at most `request_wait`, ahead of background refreshes)
@@ -153,7 +200,7 @@ class AccountCredentials:
         except TimeoutError:
             raise UpstreamUnavailable(
                 f"no jsapi_ticket yet: its refresh is still running after {self._request_wait:g}s",
-                app_id=self.account.app_id,
+                app_id=self.account.key,
                 retry_after=self._request_wait,
             ) from None
 
@@ -196,7 +243,7 @@ class AccountCredentials:
     async def _refresh_ticket(self, turn: Turn, force: bool, new_token: bool) -> JsapiTicket:
         cold = self._ticket is None or not self._ticket.usable(self._clock())
         try:
-            ticket = await self._shared_or_new_ticket(turn, force, new_token, cold)
+            ticket, agent = await self._shared_or_new_ticket(turn, force, new_token, cold)
         except UpstreamError as exc:
             self._record_failure(exc)
             raise
@@ -204,22 +251,26 @@ class AccountCredentials:
             # Anything else (say, a cache record in a format this version cannot read) must not end
             # the background refresher or reach a request as a 500: it is a failed refresh.
             log.exception("app=%s refresh failed unexpectedly", self.account.name)
-            failure = UpstreamUnavailable(f"refresh failed: {type(exc).__name__}", app_id=self.account.app_id)
+            failure = UpstreamUnavailable(f"refresh failed: {type(exc).__name__}", app_id=self.account.key)
             self._record_failure(failure)
             raise failure from None
         finally:
             if self._usage is not None:
                 await self._usage.flush(self._cache)
-        self._hold(ticket)
+        self._hold(ticket, agent)
         self._recovered("")
         return ticket
 
-    def _hold(self, ticket: JsapiTicket) -> None:
-        """Sign with `ticket` from now on."""
+    def _hold(self, ticket: JsapiTicket, agent: JsapiTicket | None) -> None:
+        """Sign with `ticket` (and a WeCom app's agentConfig with `agent`) from now on."""
         if ticket != self._ticket:
             self.recent_tickets.appendleft(ticket)
-        self._ticket = ticket
-        self._usable_until, self._refresh_at = ticket.usable_until, ticket.refresh_at
+        if agent is not None and agent != self._agent_ticket:
+            self.recent_agent_tickets.appendleft(agent)
+        self._ticket, self._agent_ticket = ticket, agent
+        held = (ticket,) if agent is None else (ticket, agent)
+        self._usable_until = min(t.usable_until for t in held)
+        self._refresh_at = min(t.refresh_at for t in held)
         self._last_refresh = self._clock()
 
     def _recovered(self, how: str) -> None:
@@ -227,7 +278,7 @@ class AccountCredentials:
             log.info("app=%s credentials recovered%s", self.account.name, how)
         self._error, self._failures, self._blocked_until = None, 0, 0.0
 
-    async def _shared_or_new_ticket(self, turn: Turn, force: bool, new_token: bool, cold: bool) -> JsapiTicket:
+    async def _shared_or_new_ticket(self, turn: Turn, force: bool, new_token: bool, cold: bool) -> Tickets:
         """The fleet's ticket if another process already renewed it, else a new one, under the lock.
 
         The lock is taken once this refresh holds an upstream slot, so its lease covers the calls
@@ -251,9 +302,18 @@ class AccountCredentials:
             finally:
                 await self._cache.release(self._lock_key, owner)
 
-    async def _shared_ticket(self) -> JsapiTicket | None:
+    async def _shared_ticket(self) -> Tickets | None:
+        """The fleet's tickets when all are fresh and not those held here."""
+        now = self._clock()
         shared = await self._read_shared(self._ticket_key, JsapiTicket)
-        return shared if shared is not None and shared.fresh(self._clock()) and shared != self._ticket else None
+        if shared is None or not shared.fresh(now):
+            return None
+        if not self.account.wecom:
+            return None if shared == self._ticket else (shared, None)
+        agent = await self._read_shared(self._agent_key, JsapiTicket)
+        if agent is None or not agent.fresh(now) or (shared, agent) == (self._ticket, self._agent_ticket):
+            return None
+        return shared, agent
 
     def on_news(self, kind: str) -> None:
         """Another process stored a new `kind` ("ticket" or "token") of this account in the shared cache."""
@@ -271,11 +331,16 @@ class AccountCredentials:
                     self._token = token
                 continue
             ticket = await self._read_shared(self._ticket_key, JsapiTicket)
+            agent = await self._read_shared(self._agent_key, JsapiTicket) if self.account.wecom else None
             current = self._ticket
-            if ticket is None or not ticket.usable(self._clock()) or self._flight is not None:
+            now = self._clock()
+            if ticket is None or not ticket.usable(now) or self._flight is not None:
                 continue
-            if current is None or (ticket != current and ticket.obtained_at >= current.obtained_at):
-                self._hold(ticket)
+            if self.account.wecom and (agent is None or not agent.usable(now)):
+                continue
+            newer = ticket != current or agent != self._agent_ticket
+            if current is None or (newer and ticket.obtained_at >= current.obtained_at):
+                self._hold(ticket, agent)
                 self._recovered(" (from the fleet)")
 
     async def _read_shared(self, key: str, kind: type[C]) -> C | None:
@@ -289,35 +354,102 @@ class AccountCredentials:
             log.warning("app=%s unreadable %s record in the shared cache; fetching anew", self.account.name, key)
             return None
 
-    async def _new_ticket(self, turn: Turn, new_token: bool, cold: bool) -> JsapiTicket:
+    async def _new_ticket(self, turn: Turn, new_token: bool, cold: bool) -> Tickets:
+        """New tickets from WeChat (a WeCom app's fresh one in the shared cache is kept), with a token
+        that is replaced once if WeChat refuses it."""
         token = await self._fresh_token(turn, new=new_token)
+        if not self.account.wecom:
+            return await self._new_of_kind("jsapi", token, turn, cold), None
+        now = self._clock()
+        shared = {kind: await self._read_shared(key, JsapiTicket)
+                  for kind, key in (("corp", self._ticket_key), ("agent", self._agent_key))}  # fmt: skip
+        tickets: dict[TicketKind, JsapiTicket] = {}
+        for kind in ("corp", "agent"):
+            kept = shared[kind]
+            if kept is not None and kept.fresh(now) and not new_token and kept != self._held(kind):
+                tickets[kind] = kept
+            else:
+                tickets[kind] = await self._new_of_kind(kind, token, turn, cold)
+                token = self._token or token
+        return tickets["corp"], tickets["agent"]
+
+    def _held(self, kind: TicketKind) -> JsapiTicket | None:
+        return self._agent_ticket if kind == "agent" else self._ticket
+
+    async def _new_of_kind(self, kind: TicketKind, token: AccessToken, turn: Turn, cold: bool) -> JsapiTicket:
+        """A new ticket of `kind`, stored and announced; a refused token is replaced (or read again) once."""
         try:
-            ticket = await self._client.fetch_ticket(app_id=self.account.app_id, token=token, turn=turn)
+            ticket = await self._fetch_ticket(kind, token, turn)
         except TokenInvalid as exc:
             # The token died upstream (knocked out, or expired early): replace it and retry once.
-            log.warning("app=%s token %s refused by getticket (errcode %s); fetching a new one",
-                        self.account.name, token.fingerprint, exc.errcode)  # fmt: skip
-            await self._drop_token(token)
-            token = await self._fresh_token(turn)
+            log.warning("app=%s token %s refused by the %s ticket call (errcode %s); getting another",
+                        self.account.name, token.fingerprint, kind, exc.errcode)  # fmt: skip
+            token = await self._replace_token(token, turn, exc.errcode)
             try:
-                ticket = await self._client.fetch_ticket(app_id=self.account.app_id, token=token, turn=turn)
+                ticket = await self._fetch_ticket(kind, token, turn)
             except TokenInvalid as again:
+                if self.account.source is not None:
+                    raise self._stale(again.errcode) from None
                 raise UpstreamUnavailable(
-                    f"a new access_token was refused too (errcode {again.errcode})", app_id=self.account.app_id
+                    f"a new access_token was refused too (errcode {again.errcode})", app_id=self.account.key
                 ) from None
         ticket = ticket.scheduled(self._spread(), cold=cold)
-        await self._cache.set(self._ticket_key, ticket.to_record(), ticket.expires_at - self._clock())
-        await self._cache.announce(self._ticket_key)
-        log.info("app=%s jsapi_ticket %s refreshed, expires_in=%ds",
-                 self.account.name, ticket.fingerprint, ticket.expires_in)  # fmt: skip
+        key = self._agent_key if kind == "agent" else self._ticket_key
+        await self._cache.set(key, ticket.to_record(), ticket.expires_at - self._clock())
+        await self._cache.announce(key)
+        log.info("app=%s %s %s refreshed, expires_in=%ds",
+                 self.account.name, "jsapi_ticket" if kind == "jsapi" else f"WeCom {kind} ticket", ticket.fingerprint,
+                 ticket.expires_in)  # fmt: skip
         return ticket
+
+    async def _fetch_ticket(self, kind: TicketKind, token: AccessToken, turn: Turn) -> JsapiTicket:
+        """One ticket call; a WeCom one only once booked against WeCom's hourly limits."""
+        account = self.account
+        if kind != "jsapi":
+            app_limit = (account.key, WECOM_APP_TICKETS_PER_HOUR)
+            scopes = (app_limit, (account.app_id, WECOM_CORP_TICKETS_PER_HOUR)) if kind == "corp" else (app_limit,)
+            api = "get_jsapi_ticket" if kind == "corp" else "get_agent_ticket"
+            wait = await self._hourly.book(scopes, api)
+            if wait is not None:
+                raise HourlyLimited(
+                    f"WeCom allows {WECOM_APP_TICKETS_PER_HOUR} {api} calls an hour per app"
+                    f"{f' and {WECOM_CORP_TICKETS_PER_HOUR} per corp' if kind == 'corp' else ''}: the last hour "
+                    f"used them; the next is allowed in {wait:.0f}s",
+                    app_id=account.key, api=api, retry_after=wait,
+                )  # fmt: skip
+        return await self._client.fetch_ticket(app_id=account.key, token=token, turn=turn, kind=kind)
+
+    async def _replace_token(self, refused: AccessToken, turn: Turn, errcode: int) -> AccessToken:
+        """Another token after WeChat refused `refused`: a new one, or the external source read again."""
+        if self.account.source is None:
+            await self._drop_token(refused)
+            return await self._fresh_token(turn)
+        await asyncio.sleep(self._rules.source_reread_pause)
+        token = await self._fresh_token(turn)
+        if token.value == refused.value:
+            raise self._stale(errcode)
+        return token
+
+    def _stale(self, errcode: int) -> TokenSourceStale:
+        source = self.account.source
+        assert source is not None
+        return TokenSourceStale(
+            f"token source {source.where} still hands out an access_token WeChat refuses (errcode {errcode})",
+            errcode=errcode, app_id=self.account.key,
+            fix="the server that owns the token must fetch a new one: its token is dead (or it is another account's)",
+        )  # fmt: skip
 
     async def _fresh_token(self, turn: Turn, *, new: bool = False) -> AccessToken:
         """The fleet's token when fresh, else (or when `new`) a new one; the caller holds the refresh lock.
 
         The shared copy is read every time: another process may have replaced the token, and a
-        classic token kept from before would die after WeChat's overlap.
+        classic token kept from before would die after WeChat's overlap. An external source is
+        read every time instead: it owns the token, and may have rotated it.
         """
+        account = self.account
+        if account.source is not None:
+            self._token = await self._read_source(account.source, turn)
+            return self._token
         shared = None if new else await self._read_shared(self._token_key, AccessToken)
         if shared is not None:
             if shared.fresh(self._clock()):
@@ -325,17 +457,45 @@ class AccountCredentials:
                 return shared
         elif not new and not self._cache.shared and self._token is not None and self._token.fresh(self._clock()):
             return self._token
-        account = self.account
-        # force_refresh matters to stable_token only: every classic call issues a new token anyway.
-        token = await self._client.fetch_token(
-            app_id=account.app_id, secret=account.secret.reveal(), api=account.token_api, force_refresh=new, turn=turn
-        )
+        if account.wecom:
+            assert account.agent_id is not None
+            token = await self._client.fetch_wecom_token(key=account.key, corp_id=account.app_id,
+                                                         secret=account.reveal_secret(), turn=turn)  # fmt: skip
+        else:
+            # force_refresh matters to stable_token only: every classic call issues a new token anyway.
+            token = await self._client.fetch_token(app_id=account.app_id, secret=account.reveal_secret(),
+                                                   api=account.token_api, force_refresh=new, turn=turn)  # fmt: skip
         await self._cache.set(self._token_key, token.to_record(), token.expires_at - self._clock())
         await self._cache.announce(self._token_key)
         self._token = token
-        log.info("app=%s access_token %s refreshed (%s), expires_in=%ds",
-                 account.name, token.fingerprint, account.token_api, token.expires_in)  # fmt: skip
+        log.info("app=%s access_token %s refreshed (%s), expires_in=%ds", account.name, token.fingerprint,
+                 "gettoken" if account.wecom else account.token_api, token.expires_in)  # fmt: skip
         return token
+
+    async def _read_source(self, source: TokenURL | TokenRedisKey, turn: Turn) -> AccessToken:
+        """The token the external `source` hands out now."""
+        if isinstance(source, TokenURL):
+            return await self._client.fetch_source_token(key=self.account.key, source=source, turn=turn)
+        keys = self._rules.source_keys.get(source.redis_url)
+        if keys is None:
+            raise TokenSourceFailed(f"token source {source.where}: no Redis is open for it", app_id=self.account.key)
+        try:
+            found = await keys.read(source.key)
+        except RawKeyError as exc:
+            fix = "check token_redis_url (or JSSDK_CACHE_URL) and that Redis is up"
+            raise TokenSourceFailed(f"token source {source.where}: {exc}", app_id=self.account.key, fix=fix) from None
+        if found is None:
+            raise TokenSourceFailed(f"token source {source.where}: the key does not exist", app_id=self.account.key,
+                                    fix="check token_redis_key, and that the token's owner writes it")  # fmt: skip
+        text, ttl = found
+        try:
+            answer = orjson.loads(text) if text.lstrip().startswith("{") else text
+            return external_token(answer, now=self._clock(), ttl=ttl)
+        except (orjson.JSONDecodeError, ValueError) as exc:
+            problem = "it is not valid JSON" if isinstance(exc, orjson.JSONDecodeError) else str(exc)
+            fix = 'write {"access_token", "expires_at"} or the token alone with a TTL'
+            message = f"token source {source.where}: {problem}"
+            raise TokenSourceFailed(message, app_id=self.account.key, fix=fix) from None
 
     async def _drop_token(self, failed: AccessToken) -> None:
         """Forget `failed` here and in the shared cache, but only if it is still the current one.
@@ -354,11 +514,14 @@ class AccountCredentials:
         self._failures += 1
         # Jitter everywhere: N accounts failing together must not come back together.
         jitter = self._random.uniform
-        if isinstance(exc, QuotaExhausted):
+        if isinstance(exc, HourlyLimited):
+            wait = exc.retry_after if exc.retry_after is not None else 3600.0
+            self._blocked_until = now + wait + jitter(0, RESUME_SPREAD)
+        elif isinstance(exc, QuotaExhausted):
             self._blocked_until = next_china_midnight(now) + jitter(0, RESUME_SPREAD)
         elif isinstance(exc, RateLimited):
             self._blocked_until = jitter((now // 60 + 1) * 60, now + 60)  # some time in the next minute
-        elif isinstance(exc, UpstreamRejected):
+        elif isinstance(exc, UpstreamRejected | TokenSourceStale):
             self._blocked_until = now + _backoff(REJECTED_RETRY, self._failures) * jitter(0.75, 1.0)
         else:
             self._blocked_until = now + _backoff(UNAVAILABLE_RETRY, self._failures) * jitter(0.5, 1.0)
@@ -371,7 +534,7 @@ class AccountCredentials:
 
     async def calls_today(self) -> dict[str, int]:
         """Upstream calls per API today (China time) for this account, across the fleet."""
-        return {} if self._usage is None else await self._usage.today(self._cache, self.account.app_id)
+        return {} if self._usage is None else await self._usage.today(self._cache, self.account.key)
 
     def next_refresh_delay(self) -> float:
         """Seconds until the background task should look again."""
@@ -419,7 +582,7 @@ class AccountCredentials:
             reason = "no jsapi_ticket yet"
         return AccountStatus(
             name=self.account.name,
-            app_id=self.account.app_id,
+            app_id=self.account.key,
             ready=usable,
             reason=reason,
             ticket_expires_in=ticket_ttl,
@@ -454,7 +617,8 @@ class CredentialStore:
         *,
         rules: RefreshRules,
     ) -> None:
-        self._by_app_id = {a.app_id: AccountCredentials(a, client, cache, rules) for a in accounts}
+        hourly = HourlyLimits(cache, clock=rules.clock)
+        self._by_app_id = {a.key: AccountCredentials(a, client, cache, rules, hourly) for a in accounts}
         self._clock = rules.clock
         self._random = rules.rng
         self._starter: asyncio.Task[None] | None = None
@@ -497,11 +661,15 @@ class CredentialStore:
         self._tasks = []
 
     def on_news(self, key: str) -> None:
-        """Another process stored a credential at cache `key` ("<app_id>:ticket" or "<app_id>:token:<api>")."""
-        app_id, _, rest = key.partition(":")
-        creds = self._by_app_id.get(app_id)
-        if creds is not None:
-            creds.on_news(rest.partition(":")[0])
+        """Another process stored a credential at cache `key`: "<key>:ticket", "<key>:agent-ticket" or
+        "<key>:token:<api>" (an account's key may hold a colon itself: corp_id:agent_id)."""
+        account, _, api = key.rpartition(":token:")
+        kind = "token"
+        if not account:
+            account, _, kind = key.rpartition(":")
+        creds = self._by_app_id.get(account)
+        if creds is not None and (api or kind in ("ticket", "agent-ticket")):
+            creds.on_news("ticket" if kind == "agent-ticket" else kind)
 
     def readiness(self, *, limit: int) -> Readiness:
         """Ready and total counts, and the first `limit` accounts that may not sign now."""

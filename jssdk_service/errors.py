@@ -15,7 +15,10 @@
     │   └── RefreshLimited          WeChat's force_refresh limits; `retry_after` says when the next is allowed
     └── UpstreamError               WeChat did not give us a credential (the web layer answers 503)
         ├── UpstreamUnavailable     busy (-1), HTTP 5xx, timeout, connection failure, retries exhausted
-        │   └── RateLimited         45011: the minute quota; try again next minute
+        │   ├── RateLimited         45011: the minute quota; try again next minute
+        │   │   └── HourlyLimited   WeCom's hourly ticket limits (45009 there), or our guard that keeps below them
+        │   ├── TokenSourceFailed   an external token source failed: timeout, 5xx, bad answer, auth refused
+        │   └── TokenSourceStale    an external token source keeps handing out a token WeChat refuses
         ├── UpstreamRejected        WeChat refuses the account's configuration (errcode kept)
         │   └── QuotaExhausted      45009: the daily quota is spent
         └── TokenInvalid            40001/40014/42001 on an API other than /token: the token died
@@ -142,6 +145,27 @@ class UpstreamUnavailable(UpstreamError):
 
 class RateLimited(UpstreamUnavailable):
     """45011: the per-minute quota is spent; calls resume in the next minute."""
+
+
+class HourlyLimited(RateLimited):
+    """WeCom's hourly ticket limits (400 a corp, 100 an app): spent, or about to be (`retry_after` says when)."""
+
+
+class TokenSourceFailed(UpstreamUnavailable):
+    """The server that owns an external account's token did not hand one out; the message says how."""
+
+    def __init__(self, message: str, *, app_id: str = "", fix: str = "", retry_after: float | None = None) -> None:
+        super().__init__(message, app_id=app_id, api="token_source", retry_after=retry_after)
+        self.fix = fix
+
+
+class TokenSourceStale(UpstreamUnavailable):
+    """An external token source still hands out the access_token WeChat refused (`errcode`)."""
+
+    def __init__(self, message: str, *, errcode: int, app_id: str = "", fix: str = "") -> None:
+        super().__init__(message, app_id=app_id, api="token_source")
+        self.errcode = errcode
+        self.fix = fix
 
 
 class UpstreamRejected(UpstreamError):

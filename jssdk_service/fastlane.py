@@ -126,7 +126,7 @@ class FastLane:
         account, page = signing
         request_id = request_id_for(headers.get("x-request-id"))  # before the ticket: a refresh it starts logs it
         now = self.clock()
-        ticket = self.store[account.app_id].usable_ticket(now)
+        ticket = self.store[account.key].usable_ticket(now)
         if ticket is None:
             return None
         body = encode(signed_config(account, page, ticket, now=now, nonce=self.nonces()))

@@ -198,7 +198,7 @@ async def keep_publishing_http_stats(directory: str) -> None:
 
 def upstream_call_counter(accounts: Iterable[Account]) -> CallObserver:
     """A WeChat client call observer that counts into `jssdk_upstream_calls_total`."""
-    names = {account.app_id: account.name for account in accounts}
+    names = {account.key: account.name for account in accounts}
 
     def count(app_id: str, api: str, outcome: str) -> None:
         key = (names.get(app_id, app_id), api, outcome)

@@ -119,14 +119,14 @@ async def _diagnose(app: web.Application, evidence: Evidence) -> tuple[Account |
     others = [a for a in covering if a is not account][:MAX_OTHERS]
     entry = None
     if account is not None:
-        creds = store[account.app_id]
+        creds = store[account.key]
         if not creds.recent_tickets:
             # Cold start: join the first refresh; when WeChat fails, the findings say no ticket was there.
             with contextlib.suppress(UpstreamError):
                 await creds.ticket()
         entry = AccountTickets(account, tuple(creds.recent_tickets))
     # Others' tickets as they are: a diagnosis never waits for another account's refresh.
-    tickets = [AccountTickets(a, tuple(store[a.app_id].recent_tickets)) for a in others]
+    tickets = [AccountTickets(a, tuple(store[a.key].recent_tickets)) for a in others]
     return account, diagnose(evidence, entry, others=tickets, configured=settings.accounts, now=app[CLOCK]())
 
 

@@ -170,7 +170,7 @@ def _resolve(
 
 async def _ticket(app: web.Application, account: Account) -> JsapiTicket:
     """The account's ticket: from memory on the hot path, else after the (single) refresh."""
-    creds = app[STORE][account.app_id]
+    creds = app[STORE][account.key]
     return creds.usable_ticket(app[CLOCK]()) or await creds.ticket()
 
 

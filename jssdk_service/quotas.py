@@ -103,3 +103,59 @@ class ForcedRefreshes:
 
 def _day_key(app_id: str, now: float) -> str:
     return f"{app_id}:forced-token:{china_day(now)}"
+
+
+# WeCom's hourly ticket limits (WECOM_PLATFORM.md A.1): the corp ticket 400 a corp and 100 an app,
+# the agent ticket 100 an app.
+WECOM_CORP_TICKETS_PER_HOUR = 400
+WECOM_APP_TICKETS_PER_HOUR = 100
+HOUR = 3600.0
+# Counted in buckets of ten minutes: the last seven cover any sliding hour, so never exceeding their
+# sum never exceeds the limit, however WeCom draws its hour (at the cost of up to ten minutes).
+BUCKET = 600.0
+BUCKETS = 7
+
+
+class HourlyLimits:
+    """WeCom's hourly ticket limits, kept by the fleet in the shared cache: a call is booked before it is made."""
+
+    def __init__(self, cache: SharedCache, *, clock: Callable[[], float] = time.time) -> None:
+        self._cache = cache
+        self._clock = clock
+        self._warned: set[str] = set()
+
+    def __repr__(self) -> str:
+        return "HourlyLimits()"
+
+    async def book(self, scopes: tuple[tuple[str, int], ...], api: str) -> float | None:
+        """Take one call of `api` in each (scope, limit) of `scopes`: None when taken, else the seconds
+        until one is free (nothing is taken then). A scope is a corp_id or an app's key."""
+        now = self._clock()
+        current = int(now // BUCKET)
+        taken: list[str] = []
+        for scope, limit in scopes:
+            key = f"{scope}:hourly:{api}:{current}"
+            count = await self._cache.increment(key, 1, HOUR + 2 * BUCKET)
+            if count is None:  # the shared cache is away: nobody to count with, and one process is slow
+                continue
+            taken.append(key)
+            earlier = [
+                await self._cache.counter(f"{scope}:hourly:{api}:{b}") for b in range(current - BUCKETS + 1, current)
+            ]
+            used = count + sum(earlier)
+            if used > limit:
+                for key in taken:
+                    await self._cache.increment(key, -1, HOUR + 2 * BUCKET)
+                oldest = next((i for i, n in enumerate(earlier) if n), len(earlier))
+                return max(1.0, (current - BUCKETS + 1 + oldest + BUCKETS) * BUCKET - now)
+            if used >= QUOTA_WARNING * limit and key not in self._warned:
+                self._warned.add(key)
+                log.warning("%s: %d %s calls in the last hour, of WeCom's limit of %d", scope, used, api, limit)
+        return None
+
+    async def used(self, scope: str, api: str) -> int:
+        """Calls of `api` booked for `scope` in the last hour (the seven buckets)."""
+        current = int(self._clock() // BUCKET)
+        return sum(
+            [await self._cache.counter(f"{scope}:hourly:{api}:{b}") for b in range(current - BUCKETS + 1, current + 1)]
+        )

@@ -101,7 +101,7 @@ def sandbox_environment(env: Mapping[str, str], config_path: str | None) -> dict
 def build_sandbox(settings: Settings, options: SandboxOptions) -> WeChatSandbox:
     """An emulator that knows every configured account and its secret."""
     sandbox = WeChatSandbox(
-        [SandboxAccount(app_id=a.app_id, secret=a.secret.reveal()) for a in settings.accounts],
+        [SandboxAccount(app_id=a.app_id, secret=a.reveal_secret()) for a in settings.accounts],
         token_expires_in=options.expires_in,
         ticket_expires_in=options.expires_in,
     )

@@ -126,3 +126,49 @@ class JsapiTicket(Credential):
     """A jsapi_ticket: signs wx.config; kept out of responses and logs like the token."""
 
     __slots__ = ()
+
+
+# An external source that gives no lifetime (a plain Redis value without a TTL) is taken to hand
+# out WeChat's usual two hours; it is read again for every ticket anyway.
+DEFAULT_TOKEN_LIFE = 7200.0
+
+
+def external_token(answer: Any, *, now: float, ttl: float | None = None) -> AccessToken:
+    """The access_token an external source handed out at `now`; ValueError (saying what is wrong) if none.
+
+    `answer` is a decoded JSON object, `{"access_token", "expires_in" | "expires_at"}` or WeChat's
+    own shape (an `errcode` other than 0 is refused), or a plain string (a Redis value) whose
+    lifetime is the key's `ttl`. A JSON record's `expires_in` is capped by the key's `ttl` too.
+    """
+    if isinstance(answer, str):
+        value, life = answer.strip(), ttl or DEFAULT_TOKEN_LIFE
+    elif isinstance(answer, dict):
+        errcode = answer.get("errcode", 0)
+        if errcode not in (0, None):
+            raise ValueError(f"it answered errcode {errcode!r} instead of a token")
+        token = answer.get("access_token")
+        if not isinstance(token, str):
+            raise ValueError("its answer has no access_token string")
+        value = token
+        life = _life(answer, now)
+        if ttl is not None:
+            life = min(life, ttl)
+    else:
+        raise ValueError("its answer is neither a JSON object nor a token")
+    if not value or len(value) > 2048 or not value.isprintable():
+        raise ValueError("its access_token is empty, too long or not printable")
+    if life <= 0:
+        raise ValueError("its access_token has expired")
+    return AccessToken(value=value, obtained_at=now, expires_in=life)
+
+
+def _life(answer: dict[str, Any], now: float) -> float:
+    """Seconds left: from an absolute `expires_at` (epoch seconds), else `expires_in`, else the default."""
+    for key in ("expires_at", "expires_in"):
+        raw = answer.get(key)
+        if raw is None:
+            continue
+        if not isinstance(raw, int | float) or isinstance(raw, bool):
+            raise ValueError(f"its {key} is not a number")
+        return float(raw) - now if key == "expires_at" else float(raw)
+    return DEFAULT_TOKEN_LIFE

@@ -1,5 +1,9 @@
 """The WeChat API client: the only code that speaks HTTP to WeChat (httpx 0.28, pinned) and knows errcodes.
 
+It speaks to both of WeChat's APIs for web pages: official accounts' (api.weixin.qq.com) and
+WeCom's (qyapi.weixin.qq.com, whose errcodes mean other things: 40001 is a bad secret there, 45009
+an hourly limit), and reads the access_token of an external account from the server that owns it.
+
 Every HTTP attempt runs in a slot of the process's `UpstreamScheduler` (its refresh's slot, when a
 refresh holds one), so a thousand accounts refreshing together queue in our code, in turn order,
 instead of in the HTTP pool. Retries `-1`, HTTP 5xx, timeouts and connection errors with capped
@@ -25,25 +29,39 @@ from typing import Any, Literal
 import httpx
 import orjson
 
+from jssdk_service.config import TokenURL
 from jssdk_service.errors import (
+    HourlyLimited,
     QuotaExhausted,
     RateLimited,
     TokenInvalid,
+    TokenSourceFailed,
     UpstreamRejected,
     UpstreamUnavailable,
 )
 from jssdk_service.scheduler import Turn, UpstreamScheduler
-from jssdk_service.tokens import AccessToken, JsapiTicket
+from jssdk_service.tokens import AccessToken, JsapiTicket, external_token
 
 # httpx logs every request line at INFO, and getticket's query carries the access_token.
 logging.getLogger("httpx").setLevel(logging.WARNING)
 logging.getLogger("httpcore").setLevel(logging.WARNING)
 
-API = Literal["token", "stable_token", "getticket"]
+API = Literal["token", "stable_token", "getticket", "gettoken", "get_jsapi_ticket", "get_agent_ticket"]
+Dialect = Literal["wechat", "wecom"]
+TicketKind = Literal["jsapi", "corp", "agent"]
+"""An official account's jsapi_ticket; a WeCom corp's ticket (wx.config); a WeCom app's (wx.agentConfig)."""
 TOKEN_INVALID = frozenset({40001, 40014, 42001})
+TICKET_APIS = frozenset({"getticket", "get_jsapi_ticket", "get_agent_ticket"})
 BUSY = -1
 MINUTE_QUOTA = 45011
-DAILY_QUOTA = 45009
+DAILY_QUOTA = 45009  # WeCom: an hourly (or other) frequency limit
+WECOM_OVERLOAD = 45033  # WeCom: too many concurrent calls
+# Each ticket kind's call: the API's name (for metrics and usage), the path and its fixed parameters.
+_TICKET_CALLS: dict[TicketKind, tuple[API, str, dict[str, str]]] = {
+    "jsapi": ("getticket", "/cgi-bin/ticket/getticket", {"type": "jsapi"}),
+    "corp": ("get_jsapi_ticket", "/cgi-bin/get_jsapi_ticket", {}),
+    "agent": ("get_agent_ticket", "/cgi-bin/ticket/get", {"type": "agent_config"}),
+}
 
 CallObserver = Callable[[str, str, str], None]
 """Called once per HTTP call to WeChat with (app_id, api, outcome): "ok", an errcode, or an exception name."""
@@ -79,6 +97,7 @@ class _Call:
     params: dict[str, str] | None = field(default=None, kw_only=True, repr=False)
     json: dict[str, Any] | None = field(default=None, kw_only=True, repr=False)
     hidden: tuple[str, ...] = field(default=(), kw_only=True, repr=False)
+    dialect: Dialect = field(default="wechat", kw_only=True)
 
 
 class _Retryable(Exception):
@@ -94,13 +113,14 @@ class WeChatClient:
         self,
         bases: Sequence[str],
         *,
+        wecom_bases: Sequence[str] = ("https://qyapi.weixin.qq.com",),
         policy: RetryPolicy | None = None,
         observers: Sequence[CallObserver] = (),
         clock: Callable[[], float] = time.time,
         scheduler: UpstreamScheduler | None = None,
         transport: Transport | None = None,
     ) -> None:
-        self._bases = tuple(bases)
+        self._bases: dict[Dialect, tuple[str, ...]] = {"wechat": tuple(bases), "wecom": tuple(wecom_bases)}
         self._policy = policy = policy or RetryPolicy()
         self._observers = tuple(observers)
         self._clock = clock
@@ -121,7 +141,7 @@ class WeChatClient:
         )
 
     def __repr__(self) -> str:
-        return f"WeChatClient(bases={self._bases!r})"
+        return f"WeChatClient(bases={self._bases['wechat']!r}, wecom_bases={self._bases['wecom']!r})"
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -154,13 +174,59 @@ class WeChatClient:
         token = _string_field(body, "access_token", app_id)
         return AccessToken(value=token, obtained_at=sent_at, expires_in=_expires_in(body, app_id))
 
-    async def fetch_ticket(self, *, app_id: str, token: AccessToken, turn: Turn | None = None) -> JsapiTicket:
-        """A jsapi_ticket; raises `TokenInvalid` when WeChat no longer accepts `token`."""
-        params = {"access_token": token.value, "type": "jsapi"}
-        call = _Call(app_id, "getticket", "GET", "/cgi-bin/ticket/getticket", params=params, hidden=(token.value,))
+    async def fetch_wecom_token(self, *, key: str, corp_id: str, secret: str, turn: Turn | None = None) -> AccessToken:
+        """A WeCom app's token from `/cgi-bin/gettoken`: per app, since each app's secret gets its own."""
+        params = {"corpid": corp_id, "corpsecret": secret}
+        call = _Call(key, "gettoken", "GET", "/cgi-bin/gettoken", params=params, hidden=(secret,), dialect="wecom")
+        body, sent_at = await self._call(call, turn or self.scheduler.turn())
+        token = _string_field(body, "access_token", key)
+        return AccessToken(value=token, obtained_at=sent_at, expires_in=_expires_in(body, key))
+
+    async def fetch_ticket(
+        self, *, app_id: str, token: AccessToken, turn: Turn | None = None, kind: TicketKind = "jsapi"
+    ) -> JsapiTicket:
+        """A ticket of `kind`; raises `TokenInvalid` when WeChat no longer accepts `token`."""
+        api, path, fixed = _TICKET_CALLS[kind]
+        call = _Call(app_id, api, "GET", path, params={"access_token": token.value, **fixed}, hidden=(token.value,),
+                     dialect="wechat" if kind == "jsapi" else "wecom")  # fmt: skip
         body, sent_at = await self._call(call, turn or self.scheduler.turn())
         ticket = _string_field(body, "ticket", app_id)
         return JsapiTicket(value=ticket, obtained_at=sent_at, expires_in=_expires_in(body, app_id))
+
+    async def fetch_source_token(self, *, key: str, source: TokenURL, turn: Turn | None = None) -> AccessToken:
+        """The access_token the server at `source` owns: one attempt, whose failure says what went wrong.
+
+        The server is not WeChat: it is never retried here (the credential store's schedule does
+        that), and its answer is read in the shapes `tokens.external_token` accepts.
+        """
+        where = source.where
+        headers = {} if source.auth is None else {"Authorization": f"Bearer {source.auth.reveal()}"}
+        async with self.scheduler.slot(turn or self.scheduler.turn()):
+            sent_at = self._clock()
+            try:
+                response = await self._http.get(source.url, headers=headers)
+            except httpx.HTTPError as exc:
+                self._observe(key, "token_source", type(exc).__name__)
+                fix = "check that the token server is up and reachable from here"
+                raise TokenSourceFailed(f"token source {where}: {_failure(exc)}", app_id=key, fix=fix) from None
+        status = response.status_code
+        if status in (401, 403):
+            self._observe(key, "token_source", f"http_{status}")
+            raise TokenSourceFailed(f"token source {where} refused our credentials (HTTP {status})", app_id=key,
+                                    fix="check token_url_auth_env / token_url_auth_file")  # fmt: skip
+        if status != 200:
+            self._observe(key, "token_source", f"http_{status}")
+            raise TokenSourceFailed(f"token source {where} answered HTTP {status}", app_id=key,
+                                    fix="check the token server's own logs")  # fmt: skip
+        try:
+            token = external_token(orjson.loads(response.content), now=sent_at)
+        except (orjson.JSONDecodeError, ValueError) as exc:
+            self._observe(key, "token_source", "bad_response")
+            problem = "it did not answer JSON" if isinstance(exc, orjson.JSONDecodeError) else str(exc)
+            fix = 'the token server must answer {"access_token", "expires_in"}'
+            raise TokenSourceFailed(f"token source {where}: {problem}", app_id=key, fix=fix) from None
+        self._observe(key, "token_source", "ok")
+        return token
 
     async def _call(self, call: _Call, turn: Turn) -> tuple[dict[str, Any], float]:
         """WeChat's answer, and when the request it answers was sent (`clock` time)."""
@@ -185,7 +251,7 @@ class WeChatClient:
         """One attempt: the bases in order, skipping cooling ones, moving on after connection failures."""
         last = _Retryable("no_base", "no base configured")
         app_id, api = call.app_id, call.api
-        for base in self._ordered_bases():
+        for base in self._ordered_bases(call.dialect):
             try:
                 async with self.scheduler.slot(turn):
                     sent_at = self._clock()
@@ -221,21 +287,26 @@ class WeChatClient:
         if errcode == 0:
             return body
         errmsg = _scrub(str(body.get("errmsg", "")), call.hidden)
-        if errcode == BUSY:
-            raise _Retryable(str(errcode), f"{base}: errcode -1 (system busy)")
-        if errcode in TOKEN_INVALID and api == "getticket":
+        wecom = call.dialect == "wecom"
+        if errcode == BUSY or (wecom and errcode == WECOM_OVERLOAD):
+            raise _Retryable(str(errcode), f"{base}: errcode {errcode} (system busy)")
+        if errcode in TOKEN_INVALID and api in TICKET_APIS:
             raise TokenInvalid(errcode, errmsg, app_id=app_id, api=api)
         if errcode == MINUTE_QUOTA:
             raise RateLimited(f"WeChat errcode 45011: {errmsg}", app_id=app_id, api=api)
+        fix = fix_for(errcode, errmsg, api, call.dialect)
+        if wecom and errcode == DAILY_QUOTA:
+            raise HourlyLimited(f"WeCom errcode 45009: {errmsg}; {fix}", app_id=app_id, api=api)
         if errcode == DAILY_QUOTA:
-            raise QuotaExhausted(errcode, errmsg, app_id=app_id, api=api, fix=fix_for(errcode, errmsg, api))
-        raise UpstreamRejected(errcode, errmsg, app_id=app_id, api=api, fix=fix_for(errcode, errmsg, api))
+            raise QuotaExhausted(errcode, errmsg, app_id=app_id, api=api, fix=fix)
+        raise UpstreamRejected(errcode, errmsg, app_id=app_id, api=api, fix=fix)
 
-    def _ordered_bases(self) -> list[str]:
+    def _ordered_bases(self, dialect: Dialect) -> list[str]:
         now = time.monotonic()
-        ready = [base for base in self._bases if self._cooling_until.get(base, 0.0) <= now]
+        bases = self._bases[dialect]
+        ready = [base for base in bases if self._cooling_until.get(base, 0.0) <= now]
         # When every base is cooling, try them all, the one that cools first first.
-        return ready or sorted(self._bases, key=lambda base: self._cooling_until.get(base, 0.0))
+        return ready or sorted(bases, key=lambda base: self._cooling_until.get(base, 0.0))
 
     def _observe(self, app_id: str, api: str, outcome: str) -> None:
         for observer in self._observers:
@@ -258,8 +329,29 @@ _FIXES = {
 }
 
 
-def fix_for(errcode: int, errmsg: str, api: str) -> str:
+_WECOM_FIXES = {
+    40001: "WeCom refused the secret: check the app's secret (secret_env or secret_file) in the admin console",
+    40013: "WeCom does not know this corp: check corp_id (我的企业 → 企业ID)",
+    40014: "WeCom refused the access_token: it is replaced automatically",
+    40056: "WeCom does not know this agent: check agent_id (应用管理 → the app → AgentId)",
+    40091: "the secret is not this corp's app's: check corp_id and the app's secret",
+    41002: "the corp_id is missing: set corp_id",
+    41004: "the secret is missing: set the app's secret",
+    42001: "the access_token expired: it is replaced automatically",
+    45009: "WeCom's hourly limit is spent (tickets: 400 a corp, 100 an app): calls resume within the hour",
+    48002: "the app may not call this API: grant it in the admin console, or add this server's IP as trusted",
+    80001: "the page's domain is not a trusted domain of the app: verify it in the admin console (可信域名)",
+}
+
+
+def fix_for(errcode: int, errmsg: str, api: str, dialect: Dialect = "wechat") -> str:
     """What an operator should do about a refused call, in one sentence."""
+    if dialect == "wecom":
+        if errcode == 60020:
+            found = re.search(r"from ip: ?([0-9a-fA-F.:]+)", errmsg)
+            ip = found.group(1) if found else "this server's egress IP"
+            return f"add {ip} to the app's trusted IPs (企业可信IP) in the WeCom admin console; applies within a minute"
+        return _WECOM_FIXES.get(errcode, "see WeCom's errcode list; retrying on a slow schedule")
     if errcode in (40164, 61004):
         found = re.search(r"invalid ip ([0-9a-fA-F.:]+)", errmsg)
         ip = found.group(1) if found else "this server's egress IP"
@@ -269,6 +361,15 @@ def fix_for(errcode: int, errmsg: str, api: str) -> str:
     if errcode == 40001 and api == "getticket":
         return "the access_token was refused: it is replaced automatically"
     return _FIXES.get(errcode, "see WeChat's errcode list; retrying on a slow schedule")
+
+
+def _failure(exc: httpx.HTTPError) -> str:
+    """How a request to a token source failed, in a few words."""
+    if isinstance(exc, httpx.TimeoutException):
+        return f"timed out ({type(exc).__name__})"
+    if isinstance(exc, httpx.ConnectError):
+        return "cannot connect"
+    return f"request failed ({type(exc).__name__})"
 
 
 def _scrub(text: str, hidden: tuple[str, ...]) -> str:

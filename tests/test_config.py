@@ -31,7 +31,7 @@ def test_secret_from_a_file(tmp_path: Path) -> None:
     secret_file = tmp_path / "secret"
     secret_file.write_text("from-file\n")
     env = {**ENV, "JSSDK_APP_SECRET": "", "JSSDK_APP_SECRET_FILE": str(secret_file)}
-    assert load_settings(env).accounts[0].secret.reveal() == "from-file"
+    assert load_settings(env).accounts[0].reveal_secret() == "from-file"
 
 
 def test_secrets_are_hidden_from_reprs() -> None:
@@ -112,10 +112,10 @@ def test_several_accounts_from_toml(tmp_path: Path) -> None:
     shop, blog = settings.accounts
     assert settings.port == 9000
     assert settings.api_bases == ("http://127.0.0.1:1", "http://127.0.0.1:2")
-    assert (shop.name, shop.token_api, shop.secret.reveal()) == ("shop", "classic", "shopsecret")
+    assert (shop.name, shop.token_api, shop.reveal_secret()) == ("shop", "classic", "shopsecret")
     assert shop.open_tag_list == ("wx-open-launch-weapp",)
     assert shop.share.fields_for("/sale/today").title == "Sale"
-    assert blog.secret.reveal() == "blogsecret"
+    assert blog.reveal_secret() == "blogsecret"
     assert settings.account("blog") is blog
     assert settings.account("wx1111111111111111") is shop
     assert settings.account(None) is None

@@ -31,7 +31,7 @@ def accounts(count: int) -> list[Account]:
 async def crowd() -> AsyncIterator[tuple[WeChatSandbox, str, list[Account]]]:
     """A slow sandbox (0.1 s a call) that knows 300 accounts, served on loopback, and those accounts."""
     configured = accounts(300)
-    sandbox = WeChatSandbox([SandboxAccount(app_id=a.app_id, secret=a.secret.reveal()) for a in configured], seed=3)
+    sandbox = WeChatSandbox([SandboxAccount(app_id=a.app_id, secret=a.reveal_secret()) for a in configured], seed=3)
     sandbox.faults.delay = 0.1
     server = SandboxServer(sandbox)
     url = await server.start()
