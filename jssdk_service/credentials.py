@@ -382,8 +382,8 @@ class AccountCredentials:
             ticket = await self._fetch_ticket(kind, token, turn)
         except TokenInvalid as exc:
             # The token died upstream (knocked out, or expired early): replace it and retry once.
-            log.warning("app=%s token %s refused by the %s ticket call (errcode %s); getting another",
-                        self.account.name, token.fingerprint, kind, exc.errcode)  # fmt: skip
+            log.warning("app=%s token %s refused by %s (errcode %s); getting another",
+                        self.account.name, token.fingerprint, exc.api, exc.errcode)  # fmt: skip
             token = await self._replace_token(token, turn, exc.errcode)
             try:
                 ticket = await self._fetch_ticket(kind, token, turn)
