@@ -1,6 +1,7 @@
 """The sandbox: a faithful emulator of the WeChat endpoints jssdk-service uses (WECHAT.md §1-2, §5).
 
-It is a peer of the real WeChat: the client cannot tell them apart. What it emulates:
+It is a peer of the real WeChat: the client cannot tell them apart. What it emulates, for official
+accounts (api.weixin.qq.com):
 - `GET /cgi-bin/token`: every call issues a new classic token; the earlier ones keep working for
   `classic_overlap` seconds (5 minutes upstream) and then die;
 - `POST /cgi-bin/stable_token`: the same token for every caller while it is valid; a new one in
@@ -10,15 +11,23 @@ It is a peer of the real WeChat: the client cannot tell them apart. What it emul
   (45009) with `POST /cgi-bin/clear_quota/v2`, and `POST /cgi-bin/openapi/quota/get`;
 - injectable faults: errcode -1 (or any errcode) at a rate, HTTP 500 at a rate, connection resets,
   a delay, and a script of exact outcomes for the next calls.
+For WeCom self-built apps (qyapi.weixin.qq.com, WECOM_PLATFORM.md A; `sandbox_wecom.py`), on the same
+HTTP app: `GET /cgi-bin/gettoken`, the corp ticket `GET /cgi-bin/get_jsapi_ticket` and the agent
+ticket `GET /cgi-bin/ticket/get?type=agent_config`, with WeCom's errcodes, IP whitelist (60020) and
+hourly ticket limits (45009); the same faults apply.
 Under `/sandbox/` it also answers what WeChat's client would: `POST /sandbox/verify` checks a
-wx.config the way the WeChat client does. `GET /sandbox/stats` (read-only) tells what it has seen:
+wx.config the way the WeChat client does (appId may be a WeCom corpid: signed with a corp ticket),
+`POST /sandbox/verify-agent` a WeCom wx.agentConfig. `GET /sandbox/stats` (read-only) tells what it has seen:
 
     {"calls": {"<api>": {"ok": n, "failed": n}},      # per emulated API, as `count()` counts
      "inFlight": n, "peakInFlight": n,                # calls being served now (the delay included), the most at once
-     "ticketsIssuedPerSecond": {"<epoch second>": n}} # jsapi tickets handed out, by the second of issue
+     "ticketsIssuedPerSecond": {"<epoch second>": n}} # tickets handed out (jsapi, corp, agent), by the second of issue
 
-It stays cheap with many accounts: what it issues is indexed per (appId, kind) and calls are counted
-per (api, appId, outcome), so no call scans the whole history.
+A central token server that owns the tokens (one whitelisted host; the service only reads from it)
+is `sandbox_central.CentralTokenServer`: it mints through `issue_owned_token()`, counted as "central".
+
+It stays cheap with many accounts: what it issues is indexed per (appId or WeCom app key, kind) and
+calls are counted per (api, appId, outcome), so no call scans the whole history.
 """
 
 from __future__ import annotations
@@ -29,16 +38,25 @@ import secrets
 import socket
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 from aiohttp import web
 
+from jssdk_service.sandbox_wecom import SandboxWeComApp as SandboxWeComApp  # public here, with the rest
+from jssdk_service.sandbox_wecom import WeComSandbox
 from jssdk_service.signing import sign_url
 
+if TYPE_CHECKING:
+    from jssdk_service.sandbox_central import CentralTokenServer
+
 Fault = int | Literal["http500", "reset"]
+Kind = Literal["classic", "stable", "ticket", "wecom_token", "corp_ticket", "agent_ticket"]
+"""What a credential is: an official account's token (classic or stable) or jsapi ticket; a WeCom
+app's token, corp ticket (signs wx.config) or agent ticket (signs wx.agentConfig)."""
+OFFICIAL_TOKENS = ("classic", "stable")
 
 DEMO_APP_ID = "wxd0000000000000de"
 
@@ -69,7 +87,8 @@ class IssuedCredential:
     """A token or ticket the emulator handed out."""
 
     app_id: str
-    kind: Literal["classic", "stable", "ticket"]
+    """The official account's appId, or the WeCom app's key ("corpid:agentid")."""
+    kind: Kind
     value: str
     issued_at: float
     expires_at: float
@@ -85,13 +104,19 @@ class Call:
     at: float
 
 
-class WeChatSandbox:
-    """The emulator's state and behaviour; `app()` serves it over HTTP."""
+class WeChatSandbox(WeComSandbox):
+    """The emulator's state and behaviour; `app()` serves it over HTTP.
+
+    `accounts` are official accounts; `wecom_apps` WeCom self-built apps, whose ticket calls are limited
+    per sliding hour by `wecom_hourly_limits` ("corp": per corp, "app": per app; 400 and 100 upstream).
+    """
 
     def __init__(
         self,
-        accounts: list[SandboxAccount],
+        accounts: Sequence[SandboxAccount] = (),
         *,
+        wecom_apps: Sequence[SandboxWeComApp] = (),
+        wecom_hourly_limits: Mapping[str, int] | None = None,
         token_expires_in: int = 7200,
         ticket_expires_in: int = 7200,
         classic_overlap: float = 300.0,
@@ -101,6 +126,7 @@ class WeChatSandbox:
         seed: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__(wecom_apps=wecom_apps, wecom_hourly_limits=wecom_hourly_limits)
         self.accounts = {a.app_id: a for a in accounts}
         self.token_expires_in = token_expires_in
         self.ticket_expires_in = ticket_expires_in
@@ -117,7 +143,7 @@ class WeChatSandbox:
         """Calls to the emulated APIs being served right now, the injected delay included."""
         self.peak_in_flight = 0
         """The most calls ever served at once."""
-        self._issued_by: defaultdict[tuple[str, str], list[IssuedCredential]] = defaultdict(list)
+        self._issued_by: defaultdict[tuple[str, Kind], list[IssuedCredential]] = defaultdict(list)
         self._call_counts: Counter[tuple[str, str, bool]] = Counter()  # (api, app_id, ok)
         self._api_counts: Counter[tuple[str, bool]] = Counter()  # (api, ok)
         self._tickets_per_second: Counter[int] = Counter()
@@ -131,10 +157,14 @@ class WeChatSandbox:
         """How long before expiry stable_token hands out the next token (300 s upstream)."""
         return min(300.0, self.token_expires_in / 5) if self.renew_before is None else self.renew_before
 
+    def now(self) -> float:
+        """The emulator's clock: what every expiry it hands out is measured against."""
+        return self._clock()
+
     # -- what tests and operators read ---------------------------------------------------------
 
     def count(self, api: str, app_id: str | None = None, *, ok_only: bool = False) -> int:
-        """How many calls reached `api` (for `app_id`), or only the successful ones."""
+        """How many calls reached `api` (for `app_id`, or a WeCom app's key), or only the successful ones."""
         if app_id is None:
             ok, failed = self._api_counts[(api, True)], self._api_counts[(api, False)]
         else:
@@ -148,22 +178,42 @@ class WeChatSandbox:
     def ticket_that_signed(
         self, app_id: str, *, url: str, nonce: str, timestamp: int, signature: str
     ) -> IssuedCredential | None:
-        """The ticket of `app_id` whose signature this is, if any."""
-        for ticket in self.tickets(app_id):
-            if sign_url(ticket=ticket.value, nonce=nonce, timestamp=timestamp, url=url) == signature:
-                return ticket
-        return None
+        """The ticket of `app_id` whose signature this is, if any (for a WeCom corpid: a corp ticket of its apps)."""
+        tickets = self._corp_tickets_of(app_id) if self.is_corp(app_id) else self.tickets(app_id)
+        return self._signer(tickets, url=url, nonce=nonce, timestamp=timestamp, signature=signature)
 
     def knock_out_tokens(self, app_id: str) -> None:
-        """Kill every live token of `app_id` now, as another party's refresh does after the overlap."""
+        """Kill every live token of `app_id` (or a WeCom app key) now, as another party's refresh does."""
         now = self._clock()
-        for kind in ("classic", "stable"):
+        for kind in ("classic", "stable", "wecom_token"):
             for cred in self._issued_by.get((app_id, kind), ()):
                 cred.expires_at = min(cred.expires_at, now - 1)
 
+    def knock_out_token(self, value: str) -> None:
+        """Kill this one token now (a central server rotating or losing it); unknown values are ignored."""
+        cred = self.issued.get(value)
+        if cred is not None and cred.kind in (*OFFICIAL_TOKENS, "wecom_token"):
+            cred.expires_at = min(cred.expires_at, self._clock() - 1)
+
+    def issue_owned_token(self, app: str) -> IssuedCredential:
+        """A new token for `app` (appId or WeCom app key) as its central token server obtains it.
+
+        The server is the one whitelisted caller, so no secret, IP or quota check applies; the call
+        counts as api "central" and the token is accepted like any other. KeyError for an unknown app.
+        """
+        if app in self.accounts:
+            kind: Kind = "classic"
+        elif app in self.wecom_apps:
+            kind = "wecom_token"
+        else:
+            raise KeyError(app)
+        self._record("central", app, 0)
+        return self._mint(app, kind, self._clock(), self.token_expires_in)
+
     def stats(self) -> dict[str, Any]:
-        """What `GET /sandbox/stats` answers (see the module docstring)."""
-        apis = sorted({"token", "stable_token", "getticket", *(api for api, _ in self._api_counts)})
+        """What `GET /sandbox/stats` answers (see the module docstring); WeCom's APIs once it knows a WeCom app."""
+        wecom = ("gettoken", "get_jsapi_ticket", "get_agent_ticket") if self.wecom_apps else ()
+        apis = sorted({"token", "stable_token", "getticket", *wecom, *(api for api, _ in self._api_counts)})
         return {
             "calls": {api: {"ok": self._api_counts[(api, True)], "failed": self._api_counts[(api, False)]}
                       for api in apis},
@@ -173,7 +223,10 @@ class WeChatSandbox:
         }  # fmt: skip
 
     def verify_config(self, app_id: str, *, url: str, nonce: str, timestamp: int, signature: str) -> str:
-        """What `wx.config` reports: `config:ok`, or the error WeChat's client gives."""
+        """What `wx.config` reports: `config:ok`, or the error WeChat's client gives.
+
+        For a WeCom corpid only a live corp ticket of one of the corp's apps signs (an agent ticket does not).
+        """
         ticket = self.ticket_that_signed(app_id, url=url, nonce=nonce, timestamp=timestamp, signature=signature)
         if ticket is None or ticket.expires_at <= self._clock():
             return "config:invalid signature"
@@ -181,7 +234,8 @@ class WeChatSandbox:
 
     # -- HTTP ----------------------------------------------------------------------------------
 
-    def app(self) -> web.Application:
+    def app(self, *, central: CentralTokenServer | None = None) -> web.Application:
+        """The emulator as an aiohttp app; with `central`, that central token server's routes too."""
         app = web.Application()
         app.router.add_route("*", "/cgi-bin/token", self._token)
         app.router.add_route("*", "/cgi-bin/stable_token", self._stable_token)
@@ -190,6 +244,9 @@ class WeChatSandbox:
         app.router.add_post("/cgi-bin/openapi/quota/get", self._quota_get)
         app.router.add_post("/sandbox/verify", self._verify)
         app.router.add_get("/sandbox/stats", self._stats)
+        self._add_wecom_routes(app)
+        if central is not None:
+            central.install(app)
         return app
 
     async def _token(self, request: web.Request) -> web.StreamResponse:
@@ -209,23 +266,26 @@ class WeChatSandbox:
     async def _getticket(self, request: web.Request) -> web.StreamResponse:
         token_value = request.query.get("access_token", "")
         token = self.issued.get(token_value)
-        app_id = token.app_id if token is not None and token.kind != "ticket" else ""
+        app_id = token.app_id if token is not None and token.kind in OFFICIAL_TOKENS else ""
         return await self._serve(request, "getticket", app_id, lambda: self._issue_ticket(
             token, token_value, request.query.get("type", "")))  # fmt: skip
 
     async def _serve(
-        self, request: web.Request, api: str, app_id: str, handle: Callable[[], dict[str, Any]]
-    ) -> web.StreamResponse:
+        self, request: web.Request, api: str, app_id: str, handle: Callable[[], dict[str, Any]],
+        *, error: Callable[[int], dict[str, Any]] | None = None,
+    ) -> web.StreamResponse:  # fmt: skip
+        """Answer one call to an emulated API: faults first, then `handle`; `error` renders an injected errcode."""
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
-            return await self._serve_one(request, api, app_id, handle)
+            return await self._serve_one(request, api, app_id, handle, error or _error)
         finally:
             self.in_flight -= 1
 
     async def _serve_one(
-        self, request: web.Request, api: str, app_id: str, handle: Callable[[], dict[str, Any]]
-    ) -> web.StreamResponse:
+        self, request: web.Request, api: str, app_id: str, handle: Callable[[], dict[str, Any]],
+        error: Callable[[int], dict[str, Any]],
+    ) -> web.StreamResponse:  # fmt: skip
         faults = self.faults
         if faults.delay:
             await asyncio.sleep(faults.delay)
@@ -238,7 +298,7 @@ class WeChatSandbox:
         if fault == "http500":
             self._record(api, app_id, 500)
             return web.Response(status=500, text="<html>500 Internal Server Error</html>")
-        answer = _error(fault) if fault is not None else handle()
+        answer = error(fault) if fault is not None else handle()
         self._record(api, app_id, int(answer.get("errcode", 0)))
         return web.Response(body=orjson.dumps(answer), content_type="application/json")
 
@@ -321,7 +381,7 @@ class WeChatSandbox:
     def _issue_ticket(self, token: IssuedCredential | None, token_value: str, kind: str) -> dict[str, Any]:
         if not token_value:
             return _error(41001)
-        if token is None or token.kind == "ticket":
+        if token is None or token.kind not in OFFICIAL_TOKENS:
             return _error(40001)
         if token.expires_at <= self._clock():
             # Expired on its own: 42001; replaced by a newer token and past the overlap: 40001.
@@ -333,18 +393,29 @@ class WeChatSandbox:
         ticket = self._mint(token.app_id, "ticket", self._clock(), self.ticket_expires_in)
         return {"errcode": 0, "errmsg": "ok", "ticket": ticket.value, "expires_in": self.ticket_expires_in}
 
-    def _live(self, app_id: str, kind: str, now: float) -> list[IssuedCredential]:
+    def _live(self, app_id: str, kind: Kind, now: float) -> list[IssuedCredential]:
         return [c for c in self._issued_by.get((app_id, kind), ()) if c.expires_at > now]
 
-    def _mint(
-        self, app_id: str, kind: Literal["classic", "stable", "ticket"], now: float, life: float
-    ) -> IssuedCredential:
-        prefix = "sandbox_ticket_" if kind == "ticket" else "sandbox_token_"
+    def _issued_as(self, app_id: str, kind: Kind) -> list[IssuedCredential]:
+        return self._issued_by.get((app_id, kind), [])
+
+    def _signer(
+        self, tickets: Sequence[IssuedCredential], *, url: str, nonce: str, timestamp: int, signature: str
+    ) -> IssuedCredential | None:
+        """The ticket among `tickets` that made `signature`, if any."""
+        for ticket in tickets:
+            if sign_url(ticket=ticket.value, nonce=nonce, timestamp=timestamp, url=url) == signature:
+                return ticket
+        return None
+
+    def _mint(self, app_id: str, kind: Kind, now: float, life: float) -> IssuedCredential:
+        is_ticket = kind in ("ticket", "corp_ticket", "agent_ticket")
+        prefix = "sandbox_ticket_" if is_ticket else "sandbox_token_"
         cred = IssuedCredential(app_id=app_id, kind=kind, value=prefix + secrets.token_urlsafe(48),
                                 issued_at=now, expires_at=now + life)  # fmt: skip
         self.issued[cred.value] = cred
         self._issued_by[(app_id, kind)].append(cred)
-        if kind == "ticket":
+        if is_ticket:
             self._tickets_per_second[int(now)] += 1
         return cred
 
@@ -368,7 +439,7 @@ class WeChatSandbox:
 
     async def _quota_get(self, request: web.Request) -> web.Response:
         token = self.issued.get(request.query.get("access_token", ""))
-        if token is None or token.kind == "ticket" or token.expires_at <= self._clock():
+        if token is None or token.kind not in OFFICIAL_TOKENS or token.expires_at <= self._clock():
             return _answer(40001, "invalid credential, access_token is invalid or not latest")
         body = await _json_body(request)
         api = {"/cgi-bin/token": "token", "/cgi-bin/stable_token": "stable_token",
@@ -430,17 +501,27 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 
 
 class SandboxServer:
-    """Serves a `WeChatSandbox` over real HTTP on loopback; `base_url` is what the client is given."""
+    """Serves a `WeChatSandbox` over real HTTP on loopback; `base_url` is what the client is given.
 
-    def __init__(self, sandbox: WeChatSandbox, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    With `central`, that central token server's routes are served too, and it is started before the
+    server answers and stopped before the server closes.
+    """
+
+    def __init__(
+        self, sandbox: WeChatSandbox, *, central: CentralTokenServer | None = None, host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:  # fmt: skip
         self.sandbox = sandbox
+        self.central = central
         self._host = host
         self._port = port
         self._runner: web.AppRunner | None = None
         self.base_url = ""
 
     async def start(self) -> str:
-        self._runner = web.AppRunner(self.sandbox.app(), access_log=None)
+        if self.central is not None:
+            await self.central.start()
+        self._runner = web.AppRunner(self.sandbox.app(central=self.central), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
         await site.start()
@@ -449,6 +530,8 @@ class SandboxServer:
         return self.base_url
 
     async def stop(self) -> None:
+        if self.central is not None:
+            await self.central.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
