@@ -59,7 +59,7 @@ from jssdk_service.quotas import (
 )
 from jssdk_service.scheduler import Turn, UpstreamScheduler
 from jssdk_service.tokens import AccessToken, JsapiTicket, Position, Spread, external_token
-from jssdk_service.wechat import TicketKind, WeChatClient
+from jssdk_service.wechat import TICKET_API, TicketKind, WeChatClient
 
 log = logging.getLogger("jssdk_service.credentials")
 
@@ -408,7 +408,7 @@ class AccountCredentials:
         if kind != "jsapi":
             app_limit = (account.key, WECOM_APP_TICKETS_PER_HOUR)
             scopes = (app_limit, (account.app_id, WECOM_CORP_TICKETS_PER_HOUR)) if kind == "corp" else (app_limit,)
-            api = "get_jsapi_ticket" if kind == "corp" else "get_agent_ticket"
+            api = TICKET_API[kind]
             wait = await self._hourly.book(scopes, api)
             if wait is not None:
                 raise HourlyLimited(

@@ -122,7 +122,8 @@ class HourlyLimits:
     def __init__(self, cache: SharedCache, *, clock: Callable[[], float] = time.time) -> None:
         self._cache = cache
         self._clock = clock
-        self._warned: set[str] = set()
+        # The bucket each (scope, api) was last warned about: one entry per account, however long it runs.
+        self._warned: dict[tuple[str, str], int] = {}
 
     def __repr__(self) -> str:
         return "HourlyLimits()"
@@ -134,28 +135,26 @@ class HourlyLimits:
         current = int(now // BUCKET)
         taken: list[str] = []
         for scope, limit in scopes:
-            key = f"{scope}:hourly:{api}:{current}"
+            key = _bucket_key(scope, api, current)
             count = await self._cache.increment(key, 1, HOUR + 2 * BUCKET)
             if count is None:  # the shared cache is away: nobody to count with, and one process is slow
                 continue
             taken.append(key)
             earlier = [
-                await self._cache.counter(f"{scope}:hourly:{api}:{b}") for b in range(current - BUCKETS + 1, current)
+                await self._cache.counter(_bucket_key(scope, api, b)) for b in range(current - BUCKETS + 1, current)
             ]
             used = count + sum(earlier)
             if used > limit:
-                for key in taken:
-                    await self._cache.increment(key, -1, HOUR + 2 * BUCKET)
+                for booked in taken:
+                    await self._cache.increment(booked, -1, HOUR + 2 * BUCKET)
+                # A call is free again when the oldest bucket that holds one leaves the window.
                 oldest = next((i for i, n in enumerate(earlier) if n), len(earlier))
-                return max(1.0, (current - BUCKETS + 1 + oldest + BUCKETS) * BUCKET - now)
-            if used >= QUOTA_WARNING * limit and key not in self._warned:
-                self._warned.add(key)
+                return max(1.0, (current + 1 + oldest) * BUCKET - now)
+            if used >= QUOTA_WARNING * limit and self._warned.get((scope, api)) != current:
+                self._warned[(scope, api)] = current
                 log.warning("%s: %d %s calls in the last hour, of WeCom's limit of %d", scope, used, api, limit)
         return None
 
-    async def used(self, scope: str, api: str) -> int:
-        """Calls of `api` booked for `scope` in the last hour (the seven buckets)."""
-        current = int(self._clock() // BUCKET)
-        return sum(
-            [await self._cache.counter(f"{scope}:hourly:{api}:{b}") for b in range(current - BUCKETS + 1, current + 1)]
-        )
+
+def _bucket_key(scope: str, api: str, bucket: int) -> str:
+    return f"{scope}:hourly:{api}:{bucket}"

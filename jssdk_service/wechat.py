@@ -62,6 +62,7 @@ _TICKET_CALLS: dict[TicketKind, tuple[API, str, dict[str, str]]] = {
     "corp": ("get_jsapi_ticket", "/cgi-bin/get_jsapi_ticket", {}),
     "agent": ("get_agent_ticket", "/cgi-bin/ticket/get", {"type": "agent_config"}),
 }
+TICKET_API: dict[TicketKind, API] = {kind: api for kind, (api, _, _) in _TICKET_CALLS.items()}
 
 CallObserver = Callable[[str, str, str], None]
 """Called once per HTTP call to WeChat with (app_id, api, outcome): "ok", an errcode, or an exception name."""
