@@ -29,7 +29,7 @@ from aiohttp import web
 from jssdk_service.clientip import client_ip
 from jssdk_service.config import Account, Secret
 from jssdk_service.endpoint import Handler, flag, json_response
-from jssdk_service.errors import RefreshLimited, Unauthorized, UnknownApp
+from jssdk_service.errors import HourlyLimited, RefreshLimited, Unauthorized, UnknownApp
 from jssdk_service.keys import ADMIN_DIGEST, CACHE, CLOCK, SETTINGS, STORE
 from jssdk_service.quotas import FORCED_REFRESH_SPACING, FORCED_REFRESHES_PER_DAY, ForcedRefreshes
 from jssdk_service.shapes import AdminApp, AdminApps, AdminRefresh, Lifetime, TicketFingerprint
@@ -103,7 +103,10 @@ async def refresh(request: web.Request) -> web.Response:
         account.name,
         "access_token and jsapi_ticket" if new_token else "jsapi_ticket",
     )
-    ticket = await config[STORE][account.key].refresh(force=True, new_token=new_token)
+    try:
+        ticket = await config[STORE][account.key].refresh(force=True, new_token=new_token)
+    except HourlyLimited as exc:  # a forced refresh may not spend WeCom's hourly ticket limits either
+        raise RefreshLimited(str(exc), retry_after=max(1, math.ceil(exc.retry_after or 1))) from None
     answer = AdminRefresh(
         app=account.name,
         app_id=account.key,

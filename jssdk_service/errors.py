@@ -112,7 +112,8 @@ class PayloadTooLarge(RequestError):
 
 
 class RefreshLimited(RequestError):
-    """A forced refresh WeChat would refuse (its force_refresh limits); asking WeChat is skipped."""
+    """A forced refresh upstream would refuse (WeChat's force_refresh limits, WeCom's hourly ticket limits):
+    asking is skipped."""
 
     def __init__(self, message: str, *, retry_after: float) -> None:
         super().__init__(message)

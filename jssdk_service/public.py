@@ -1,7 +1,8 @@
 """The public handlers: signatures and share cards for pages, and the probes an operator scrapes.
 
     GET|POST /v1/signature    `wx.config`'s object for the page URL
-    GET|POST /v1/share        the same, and the payloads of the two share APIs for the page
+    GET|POST /v1/agent-signature  a WeCom app's `wx.agentConfig` object for the page URL
+    GET|POST /v1/share        the same, and the payloads of the share APIs for the page
     GET      /healthz         200 while the process runs
     GET      /readyz          200 when every account may sign; 503 otherwise, and while draining
     GET      /metrics         Prometheus text format
@@ -26,6 +27,7 @@ from jssdk_service.metrics import CONTENT_TYPE, exposition
 from jssdk_service.pageurl import PageURL, parse_page_url, require_allowed
 from jssdk_service.shapes import (
     AccountReadiness,
+    AgentConfig,
     AppMessage,
     CacheHealth,
     Config,
@@ -51,18 +53,24 @@ _HEALTHY = Health(status="ok")
 async def signature(request: web.Request) -> web.Response:
     """`wx.config`'s object for the page URL."""
     app = request.app  # a property behind a property: read once on the hot path
-    if request.method == "GET":
-        query = request.query
-        account, page = _resolve(request, app, query.get("app"), query.get("url"))
-    else:
-        body = decode_body(await request.read(), SignatureRequest)
-        account, page = _resolve(request, app, body.app, body.url)
+    account, page = await _signing_request(request, app)
     ticket = await _ticket(app, account)
     return json_response(signed_config(account, page, ticket, now=app[CLOCK](), nonce=app[NONCES]()))
 
 
+async def agent_signature(request: web.Request) -> web.Response:
+    """A WeCom app's `wx.agentConfig` object for the page URL (404 for any other account)."""
+    app = request.app
+    account, page = await _signing_request(request, app)
+    if not account.wecom:
+        raise UnknownApp(f"{account.name!r} is not a WeCom app: wx.agentConfig is WeCom's; use /v1/signature")
+    creds = app[STORE][account.key]
+    ticket = creds.usable_agent_ticket(app[CLOCK]()) or await creds.agent_ticket()
+    return json_response(signed_agent_config(account, page, ticket, now=app[CLOCK](), nonce=app[NONCES]()))
+
+
 async def share(request: web.Request) -> web.Response:
-    """`wx.config`'s object plus the two share payloads for the page."""
+    """`wx.config`'s object plus the share payloads for the page (and `wx.agentConfig`'s for WeCom)."""
     app = request.app
     if request.method == "GET":
         query = request.query
@@ -76,9 +84,18 @@ async def share(request: web.Request) -> web.Response:
     shared_page = page if body.page is None else _shared_page(request, body.page, account)
     payloads = share_payloads(shared_page, account.share, account.allowed_hosts, override)
     ticket = await _ticket(app, account)
+    now = app[CLOCK]()
+    app_message = msgspec.convert(payloads["appMessage"], AppMessage)
+    agent_config = None
+    if account.wecom:
+        creds = app[STORE][account.key]
+        agent_ticket = creds.usable_agent_ticket(now) or await creds.agent_ticket()
+        agent_config = signed_agent_config(account, page, agent_ticket, now=now, nonce=app[NONCES]())
     answer = Share(
-        config=signed_config(account, page, ticket, now=app[CLOCK](), nonce=app[NONCES]()),
-        app_message=msgspec.convert(payloads["appMessage"], AppMessage),
+        config=signed_config(account, page, ticket, now=now, nonce=app[NONCES]()),
+        agent_config=agent_config,
+        app_message=app_message,
+        wechat=app_message if account.wecom else None,
         timeline=msgspec.convert(payloads["timeline"], Timeline),
     )
     return json_response(answer)
@@ -150,6 +167,15 @@ def _account_readiness(s: AccountStatus) -> AccountReadiness:
 # -- the pieces ------------------------------------------------------------------------------
 
 
+async def _signing_request(request: web.Request, app: web.Application) -> tuple[Account, PageURL]:
+    """The account and page a signature request names, from its query (GET) or its JSON body."""
+    if request.method == "GET":
+        query = request.query
+        return _resolve(request, app, query.get("app"), query.get("url"))
+    body = decode_body(await request.read(), SignatureRequest)
+    return _resolve(request, app, body.app, body.url)
+
+
 def _resolve(
     request: web.Request, app: web.Application, app_key: str | None, url: str | None
 ) -> tuple[Account, PageURL]:
@@ -184,6 +210,21 @@ def signed_config(account: Account, page: PageURL, ticket: JsapiTicket, *, now: 
         signature=sign_url(ticket=ticket.value, nonce=nonce, timestamp=timestamp, url=page.raw),
         js_api_list=account.js_api_list,
         open_tag_list=account.open_tag_list,
+        beta=True if account.wecom else None,
+    )
+
+
+def signed_agent_config(account: Account, page: PageURL, ticket: JsapiTicket, *, now: float, nonce: str) -> AgentConfig:
+    """A WeCom app's `wx.agentConfig` object for `page`, signed at `now` with its agent `ticket`."""
+    assert account.agent_id is not None  # a WeCom app's, always
+    timestamp = int(now)
+    return AgentConfig(
+        corpid=account.app_id,
+        agentid=account.agent_id,
+        timestamp=timestamp,
+        nonce_str=nonce,
+        signature=sign_url(ticket=ticket.value, nonce=nonce, timestamp=timestamp, url=page.raw),
+        js_api_list=account.js_api_list,
     )
 
 

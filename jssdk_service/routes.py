@@ -25,7 +25,8 @@ _UPSTREAM: tuple[type[JssdkError], ...] = (UpstreamUnavailable, UpstreamRejected
 _SIGNING: tuple[type[JssdkError], ...] = (InvalidURL, HostNotAllowed, UnknownApp, *_UPSTREAM)
 _BODY: tuple[type[JssdkError], ...] = (InvalidRequest, PayloadTooLarge)
 _CONFIG = (Answer(status=200, description="The wx.config object", shape=shapes.Config),)
-_SHARE = (Answer(status=200, description="The wx.config object and the two share payloads", shape=shapes.Share),)
+_AGENT = (Answer(status=200, description="The wx.agentConfig object", shape=shapes.AgentConfig),)
+_SHARE = (Answer(status=200, description="The wx.config object and the share payloads", shape=shapes.Share),)
 _FINDINGS = (Answer(status=200, description="The findings, the worst first", shape=shapes.Findings),)
 _CACHED = ("ETag", "Cache-Control")
 
@@ -43,6 +44,12 @@ PUBLIC = [
           query=shapes.SignatureQuery, answers=_CONFIG, errors=_SIGNING),
     Route(method="POST", path="/v1/signature", handler=public.signature, summary="wx.config object (JSON body)",
           body=shapes.SignatureRequest, answers=_CONFIG, errors=(*_SIGNING, *_BODY)),
+    Route(method="GET", path="/v1/agent-signature", handler=public.agent_signature,
+          summary="A WeCom app's wx.agentConfig object for a page", query=shapes.SignatureQuery, answers=_AGENT,
+          errors=_SIGNING),
+    Route(method="POST", path="/v1/agent-signature", handler=public.agent_signature,
+          summary="A WeCom app's wx.agentConfig object (JSON body)", body=shapes.SignatureRequest, answers=_AGENT,
+          errors=(*_SIGNING, *_BODY)),
     Route(method="GET", path="/v1/share", handler=public.share, summary="wx.config object and the two share payloads",
           query=shapes.ShareQuery, answers=_SHARE, errors=(*_SIGNING, InvalidShare)),
     Route(method="POST", path="/v1/share", handler=public.share, summary="wx.config and share payloads (JSON body)",
@@ -83,7 +90,7 @@ ADMIN = [
     Route(method="POST", path="/admin/apps/{app}/refresh", handler=admin.authorized(admin.refresh), bearer=True,
           summary="A new jsapi_ticket now (with token=1, a new access_token first)",
           description="A forced stable token uses WeChat's force_refresh: 20 a day, 30 s apart, kept by the "
-          "service (429 past either, without calling WeChat).",
+          "service (429 past either, without calling WeChat); so are WeCom's hourly ticket limits.",
           query=shapes.RefreshQuery,
           answers=(Answer(status=200, description="The new ticket's fingerprint and lifetime",
                           shape=shapes.AdminRefresh),),

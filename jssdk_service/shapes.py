@@ -146,6 +146,18 @@ class Config(_Closed):
     signature: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{40}$")]
     js_api_list: tuple[str, ...]
     open_tag_list: tuple[str, ...] = ()
+    beta: bool | None = None  # true for a WeCom app: its client needs it for wx.invoke's APIs
+
+
+class AgentConfig(_Closed):
+    """The object a WeCom page passes to `wx.agentConfig` (`corpid` and `agentid` are WeCom's spelling)."""
+
+    corpid: str
+    agentid: str
+    timestamp: int
+    nonce_str: Annotated[str, msgspec.Meta(min_length=1)]
+    signature: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{40}$")]
+    js_api_list: tuple[str, ...]
 
 
 class AppMessage(_Closed):
@@ -166,11 +178,15 @@ class Timeline(_Closed):
 
 
 class Share(_Closed):
-    """`wx.config`'s object and the two share payloads for a page."""
+    """`wx.config`'s object and the share payloads for a page; a WeCom app's also has its
+    `wx.agentConfig` object and the `onMenuShareWechat` payload (`appMessage` and `timeline` then go
+    to `onMenuShareAppMessage` and `onMenuShareTimeline`)."""
 
     config: Config
     app_message: AppMessage
     timeline: Timeline
+    agent_config: AgentConfig | None = None
+    wechat: AppMessage | None = None
 
 
 class Finding(_Closed, kw_only=False):

@@ -21,16 +21,20 @@ from jssdk_service.config import Settings
 from jssdk_service.fastlane import FastLaneListener
 from jssdk_service.keys import CALL_OBSERVERS
 from jssdk_service.sandbox import SandboxAccount, SandboxServer, WeChatSandbox
+from jssdk_service.sandbox_wecom import SandboxWeComApp
 from jssdk_service.wechat import CallObserver, RetryPolicy
 
 from .helpers import (
     ACCOUNT_ENV,
+    AGENT_ID,
     APP_ID,
     CLI,
+    CORP_ID,
     FAST_RETRY,
     OTHER_APP_ID,
     OTHER_SECRET,
     SECRET,
+    WECOM_SECRET,
     Fleet,
     Process,
     RedisServer,
@@ -48,9 +52,10 @@ from .helpers import (
 
 @pytest.fixture
 def sandbox() -> WeChatSandbox:
-    """An emulator that knows the two test accounts, with WeChat's real lifetimes."""
+    """An emulator that knows the two test accounts and the test WeCom app, with WeChat's real lifetimes."""
     return WeChatSandbox(
         [SandboxAccount(app_id=APP_ID, secret=SECRET), SandboxAccount(app_id=OTHER_APP_ID, secret=OTHER_SECRET)],
+        wecom_apps=[SandboxWeComApp(corp_id=CORP_ID, agent_id=AGENT_ID, secret=WECOM_SECRET)],
         seed=7,
     )
 
@@ -79,7 +84,7 @@ async def start_service(sandbox_url: str) -> AsyncIterator[ServiceFactory]:
         observer: CallObserver | None = None,
         **overrides: Any,
     ) -> RunningService:
-        settings = Settings(accounts=(make_account(),), api_bases=(sandbox_url,))
+        settings = Settings(accounts=(make_account(),), api_bases=(sandbox_url,), wecom_api_bases=(sandbox_url,))
         settings = replace(settings, **overrides)
         app = create_app(settings, retry_policy=retry_policy, demo=demo)
         if observer is not None:
@@ -156,6 +161,7 @@ async def fleet(sandbox_url: str, redis_server: RedisServer, tmp_path: Path) -> 
         for _ in range(count):
             port = free_port()
             env = clean_environment(**{**ACCOUNT_ENV, "JSSDK_WECHAT_API_BASE": sandbox_url,
+                                       "JSSDK_WECOM_API_BASE": sandbox_url,
                                        "JSSDK_CACHE_URL": redis_server.url, "JSSDK_PORT": str(port),
                                        **env_overrides})  # fmt: skip
             log = tmp_path / f"service-{len(processes)}.log"

@@ -37,6 +37,11 @@ OTHER_SECRET = "other-secret-value-abcdefghijklmnop"
 HOSTS = ("example.com", "localhost", "127.0.0.1")
 FAST_RETRY = RetryPolicy(deadline=3.0, base_delay=0.01, max_delay=0.05, base_cooldown=30.0)
 PAGE = "https://example.com/p"
+# The test WeCom app: a corp, one of its self-built apps and that app's own secret.
+CORP_ID = "ww0123456789abcdef"
+AGENT_ID = "1000002"
+WECOM_SECRET = "wecom-app-secret-value-0123456789abcdef"
+WECOM_KEY = f"{CORP_ID}:{AGENT_ID}"
 # The test account as `serve` reads it from the environment.
 ACCOUNT_ENV = {"JSSDK_APP_ID": APP_ID, "JSSDK_APP_SECRET": SECRET, "JSSDK_ALLOWED_HOSTS": "example.com"}
 CLI = (sys.executable, "-m", "jssdk_service")
@@ -75,6 +80,22 @@ def make_account(**overrides: Any) -> Account:
         "secret": Secret(SECRET),
         "allowed_hosts": HOSTS,
         "share": SharePolicy(),
+    }
+    fields.update(overrides)
+    return Account(**fields)
+
+
+def make_wecom_account(**overrides: Any) -> Account:
+    """The test WeCom app: signs for example.com, localhost and 127.0.0.1 with WeCom's share APIs."""
+    fields: dict[str, Any] = {
+        "name": "wecom",
+        "kind": "wecom",
+        "app_id": CORP_ID,
+        "agent_id": AGENT_ID,
+        "secret": Secret(WECOM_SECRET),
+        "allowed_hosts": HOSTS,
+        "share": SharePolicy(),
+        "js_api_list": ("onMenuShareAppMessage", "onMenuShareWechat", "onMenuShareTimeline"),
     }
     fields.update(overrides)
     return Account(**fields)
