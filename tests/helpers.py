@@ -129,9 +129,10 @@ def short_lifetimes(sandbox: WeChatSandbox, seconds: int, *, classic_overlap: fl
 # -- asking the service and checking its answers ---------------------------------------------
 
 
-async def sign(http: aiohttp.ClientSession, base: str, page: str = PAGE) -> tuple[int, Any]:
-    """GET /v1/signature for `page` from the service at `base`: the status and the JSON body."""
-    async with http.get(f"{base}/v1/signature", params={"url": page}) as response:
+async def sign(http: aiohttp.ClientSession, base: str, page: str = PAGE, app: str | None = None) -> tuple[int, Any]:
+    """GET /v1/signature for `page` (of account `app`) from the service at `base`: the status and the JSON body."""
+    params = {"url": page} if app is None else {"url": page, "app": app}
+    async with http.get(f"{base}/v1/signature", params=params) as response:
         return response.status, await response.json()
 
 
