@@ -115,29 +115,32 @@ async def test_a_rotated_token_is_picked_up_on_the_next_refresh(
     assert token_calls(sandbox) == 0
 
 
+@pytest.mark.parametrize("kind", ["official", "wecom"])
 async def test_a_dead_token_is_read_again_once_then_reported(
     start_service: ServiceFactory, sandbox: WeChatSandbox, central: tuple[CentralTokenServer, str],
-    http: aiohttp.ClientSession,
+    http: aiohttp.ClientSession, kind: str,
 ) -> None:  # fmt: skip
     """The owner hands out a token WeChat refuses: one ticket call, one re-read after a pause, then /readyz
     says the source hands out a dead token; no loop; once the owner has a new one, an admin refresh recovers."""
     server, base = central
-    await server.revoke(APP_ID)
-    service = await start_service(accounts=(make_account(secret=None, source=from_url(base, APP_ID)),),
-                                  admin_token=Secret(ADMIN))  # fmt: skip
+    key, api = (APP_ID, "getticket") if kind == "official" else (WECOM_KEY, "get_jsapi_ticket")
+    account = (make_account if kind == "official" else make_wecom_account)(secret=None, source=from_url(base, key))
+    await server.revoke(key)
+    service = await start_service(accounts=(account,), admin_token=Secret(ADMIN))
     status, body = await sign(http, service.url)
     assert (status, body["error"]["code"]) == (503, "upstream_unavailable")
-    assert "still hands out an access_token WeChat refuses (errcode 40001)" in body["error"]["message"]
+    assert "still hands out an access_token WeChat refuses (errcode 4" in body["error"]["message"]
     reason = await unready_reason(http, service.url)
     assert "still hands out an access_token WeChat refuses" in reason["reason"]
     assert "server that owns the token must fetch a new one" in reason["fix"]
     await asyncio.sleep(1.5)
-    assert server.reads[APP_ID] == 2
-    assert [c.errcode for c in sandbox.calls if c.api == "getticket"] == [40001]
-    assert token_calls(sandbox) == 0
-    await server.rotate(APP_ID)
-    async with http.post(f"{service.url}/admin/apps/main/refresh", headers={"Authorization": f"Bearer {ADMIN}"}) as r:
-        assert r.status == 200, await r.text()
+    assert server.reads[key] == 2
+    assert len([c for c in sandbox.calls if c.api == api and c.errcode in (40001, 40014)]) == 1
+    assert sandbox.count(api) == 1 and token_calls(sandbox) == 0
+    await server.rotate(key)
+    async with http.post(f"{service.url}/admin/apps/{account.name}/refresh",
+                         headers={"Authorization": f"Bearer {ADMIN}"}) as response:  # fmt: skip
+        assert response.status == 200, await response.text()
     status, config = await sign(http, service.url)
     assert status == 200 and verifies(sandbox, config)
 
