@@ -240,6 +240,20 @@ class Account:
             raise ValueError(f"account {self.name!r} reads its token from {self.source!r} and holds no secret")
         return self.secret.reveal()
 
+    def describe(self) -> str:
+        """The account for a person (check-config, start-up logs): name, kind, token source; never a secret."""
+        what = f"WeCom app {self.app_id} agent {self.agent_id}" if self.wecom else f"official account {self.app_id}"
+        source = self.source
+        if isinstance(source, TokenURL):
+            how = f"token read from {source.where}" + (" with a bearer token" if source.auth is not None else "")
+        elif isinstance(source, TokenRedisKey):
+            redis = "the service's Redis" if source.redis_url is None else _USERINFO.sub("//", source.redis_url)
+            how = f"token read from {source.where} in {redis.partition('?')[0]}"
+        else:
+            api = "gettoken" if self.wecom else {"stable": "stable_token", "classic": "cgi-bin/token"}[self.token_api]
+            how = f"token fetched with its secret ({api})"
+        return f"{self.name}: {what}, {how}"
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
@@ -263,18 +277,28 @@ class Settings:
     keepalive_timeout: float = _SERVICE.keepalive_timeout
     metrics_dir: str | None = _SERVICE.metrics_dir
     _by_key: dict[str, Account] = field(init=False, repr=False, compare=False)
+    _by_corp: dict[str, tuple[Account, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Names first, then keys (appIds, corp_id:agent_id): one step whatever the number of accounts.
         index = {account.key: account for account in self.accounts}
         index.update({account.name: account for account in self.accounts})
         object.__setattr__(self, "_by_key", index)
+        corps: dict[str, list[Account]] = {}
+        for account in self.accounts:
+            if account.wecom:
+                corps.setdefault(account.app_id, []).append(account)
+        object.__setattr__(self, "_by_corp", {corp: tuple(apps) for corp, apps in corps.items()})
 
     def account(self, key: str | None) -> Account | None:
         """The account named `key` (its name, appId or corp_id:agent_id), or the only one when `key` is empty."""
         if not key:
             return self.accounts[0] if len(self.accounts) == 1 else None
         return self._by_key.get(key)
+
+    def corp_apps(self, corp_id: str) -> tuple[Account, ...]:
+        """The WeCom apps of the corp `corp_id`, in configured order: what a WeCom page's wx.config appId names."""
+        return self._by_corp.get(corp_id, ())
 
 
 def load_settings(

@@ -1,9 +1,11 @@
-"""The signature doctor: why WeChat refused a wx.config (WECHAT.md §3). Pure: values in, findings out.
+"""The signature doctor: why WeChat or WeCom refused a wx.config (WECHAT.md §3, WECOM_PLATFORM.md A.3).
+Pure: values in, findings out.
 
-A page (or a person) sends what was passed to `wx.config` and where; the doctor re-computes the
-signature with the account's current and recent tickets, for the page URL, the landing URL, and
-the mistakes that commonly turn one into another string (a `#fragment` left in, percent-encoding,
-a port, a trailing slash, the scheme). Which combination matches names the cause:
+A page (or a person) sends what was passed to `wx.config` (or a WeCom page's `wx.agentConfig`) and
+where; the doctor re-computes the signature with the account's current and recent tickets (a WeCom
+app's corp tickets and agent tickets both), for the page URL, the landing URL, and the mistakes that
+commonly turn one into another string (a `#fragment` left in, percent-encoding, a port, a trailing
+slash, the scheme). Which combination matches names the cause:
 
     signature_valid        right for the URL this client verifies, with the current ticket ("ok")
     signature_mismatch     nothing matches: other values reached wx.config, or something else signed
@@ -12,15 +14,25 @@ a port, a trailing slash, the scheme). Which combination matches names the cause
     fragment_in_url, url_encoded, url_decoded, port_in_url, trailing_slash, scheme_mismatch
                            signed a variant of the page URL instead of the URL itself
     app_id_mismatch        wx.config got an appId other than the one whose ticket signed, or an unknown one
-    host_not_allowed       the page's host is not a JS secure domain of the account
+    corp_ticket_for_agent_config, agent_ticket_for_config
+                           WeCom: the corp ticket's signature went to wx.agentConfig, or the agent ticket's
+                           to wx.config (which call failed is errMsg's prefix, `agentConfig:` or `config:`)
+    host_not_allowed       the page's host is not a JS secure domain (WeCom: trusted domain) of the account
     offline_verifying, invalid_url_domain, permission_denied
                            what WeChat's errMsg means, in plain words
+    invalid_corp_id, untrusted_domain, ticket_unusable
+                           what WeCom's 40013, 80001 and 42012 mean here (its 40093 is the signature's)
     signature_not_checked  nothing to re-compute with: fields missing, no ticket yet, or (several accounts
                            configured) no appId to say whose tickets to use
 
+A WeCom page is one whose account is a WeCom app or, the account unknown, whose user agent says
+`wxwork/`: its findings give WeCom's rules (trusted domains, corp and agent tickets), not WeChat's.
+Its appId is the corp's corp_id, which every app of the corp shares: the doctor is then given the
+corp's apps (at most `MAX_CORP_APPS`) and tries each.
+
 A diagnosis costs the same however many accounts are configured: it re-computes with the tickets of
-the one account the page meant and, only when they made nothing, of a few other accounts signing for
-the page's host (`MAX_OTHERS`); its messages name a few accounts and domains at most.
+the account the page meant (or its corp's few apps) and, only when they made nothing, of a few other
+accounts signing for the page's host (`MAX_OTHERS`); its messages name a few accounts and domains at most.
 
 Findings never carry a ticket, and of the URLs they name only hosts: a stored report's findings
 may be shown to whoever asks about the same page.
@@ -43,6 +55,14 @@ from jssdk_service.shapes import Finding, Severity
 from jssdk_service.signing import strip_fragment
 from jssdk_service.tokens import JsapiTicket
 
+Call = Literal["config", "agentConfig"]
+"""What a signature is for: `wx.config` (the jsapi_ticket; a WeCom corp's ticket) or a WeCom app's
+`wx.agentConfig` (that app's agent ticket)."""
+Client = Literal["ios_wechat", "wecom", "other"]
+"""Who verified the signature, from the user agent: iOS WeChat verifies the landing URL of a
+history-routed page; the WeCom client and every other one verify the current URL."""
+
+_CALLS: tuple[Call, ...] = ("config", "agentConfig")
 _WORST_FIRST: dict[Severity, int] = {"error": 0, "warning": 1, "info": 2, "ok": 3}
 
 _ENCODED_URL = re.compile(r"https?%3a%2f%2f", re.IGNORECASE)
@@ -51,15 +71,26 @@ _PORT = re.compile(r"(.*?)(?::([0-9]+))?", re.DOTALL)
 _DEFAULT_PORT = {"http": 80, "https": 443}
 # What encodeURIComponent leaves alone besides letters and digits (quote() always keeps _.-~).
 _URI_COMPONENT_SAFE = "!*'()"
+# WeCom's client errors, by the errcode its errMsg or err_Info ends with ("...devtool/query?e=40093")
+# or by their words (WECOM_PLATFORM.md A.3).
+_WECOM_ERRCODE = re.compile(r"(?<![0-9])(40013|40093|42012|80001)(?![0-9])")
+_WECOM_WORDS = {
+    "invalid signature": 40093,
+    "invalid corpid": 40013,
+    "not match any reliable domain": 80001,
+    "jsapi_ticket不可用": 42012,
+}
 # How many other accounts signing for the page's host a diagnosis may re-compute with.
 MAX_OTHERS = 4
+# How many apps of the corp an appId that is a corp_id may stand for, re-computed with.
+MAX_CORP_APPS = 8
 # How many accounts, or domains, a message lists.
 _LISTED = 5
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Evidence:
-    """What a page saw: its URLs, what it passed to wx.config, and what WeChat said."""
+    """What a page saw: its URLs, what it passed to wx.config (or wx.agentConfig), and what the client said."""
 
     url: str
     app_id: str | None = None
@@ -73,10 +104,16 @@ class Evidence:
 
 @dataclass(frozen=True, slots=True)
 class AccountTickets:
-    """An account and the tickets it signed with lately, newest (the current one) first."""
+    """An account and the tickets it signed with lately, newest (the current one) first: `tickets`
+    sign wx.config (a WeCom app's corp tickets), `agent_tickets` a WeCom app's wx.agentConfig."""
 
     account: Account
     tickets: Sequence[JsapiTicket]
+    agent_tickets: Sequence[JsapiTicket] = ()
+
+    def signing(self, call: Call) -> Sequence[JsapiTicket]:
+        """The tickets that sign `call`."""
+        return self.tickets if call == "config" else self.agent_tickets
 
 
 def evidence_from_body(body: shapes.Evidence) -> Evidence:
@@ -96,14 +133,41 @@ def evidence_from_body(body: shapes.Evidence) -> Evidence:
     )
 
 
+def is_wecom(user_agent: str) -> bool:
+    """The WeCom client: its user agent says `wxwork/` (and MicroMessenger too, so this is asked first)."""
+    return "wxwork/" in user_agent.lower()
+
+
 def is_ios_wechat(user_agent: str) -> bool:
     """WeChat on an iPhone, iPad or iPod: it verifies the landing URL of a history-routed page."""
-    return "micromessenger" in user_agent.lower() and any(d in user_agent for d in ("iPhone", "iPad", "iPod"))
+    return (
+        "micromessenger" in user_agent.lower()
+        and not is_wecom(user_agent)
+        and any(d in user_agent for d in ("iPhone", "iPad", "iPod"))
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Question:
+    """What one diagnosis is about: the evidence, its page, the accounts it concerns, and who verified what."""
+
+    evidence: Evidence
+    url: str  # the page URL, decoded if it arrived encoded as a whole
+    page: PageURL
+    landing: str | None
+    meant: Sequence[AccountTickets]  # the account the page meant, or its corp's apps; empty: unknown
+    others: Sequence[AccountTickets]
+    configured: Sequence[Account]
+    wecom: bool  # WeCom's rules and words, not WeChat's
+    client: Client | None  # None: no user agent, and not a WeCom page
+    call: Call | None  # the call that failed, from errMsg's prefix; None: not said
+    errcodes: frozenset[int]  # WeCom's client errcodes errMsg names
+    now: float
 
 
 def diagnose(
     evidence: Evidence,
-    account: AccountTickets | None,
+    meant: Sequence[AccountTickets],
     *,
     others: Sequence[AccountTickets] = (),
     configured: Sequence[Account] = (),
@@ -111,29 +175,43 @@ def diagnose(
 ) -> list[Finding]:
     """Every finding about `evidence`, the worst first.
 
-    `account` is the account the page meant (the one its appId names, the only one configured, or
-    the only one signing for its host), None when that is unknown; `others` are a few (`MAX_OTHERS`)
-    other accounts signing for the page's host, whose tickets are tried when `account`'s made
-    nothing (a signature from another account's answer); `configured` are all the accounts, of which
-    messages name a few.
+    `meant` is the account the page meant (the one its appId names, the only one configured, or the
+    only one signing for its host) or, when its appId is a corp_id, that corp's WeCom apps (at most
+    `MAX_CORP_APPS`); empty when that is unknown. `others` are a few (`MAX_OTHERS`) other accounts
+    signing for the page's host, whose tickets are tried when `meant`'s made nothing (a signature
+    from another account's answer); `configured` are all the accounts, of which messages name a few.
     """
     findings: list[Finding] = []
     url, times = _decode_whole(evidence.url)
     if times:
         findings.append(Finding("url_encoded", "warning", _SENT_ENCODED.format(times=_times(times))))
-    page = parse_page_url(url)
-    landing = _landing(evidence.landing_url)
-    others = others[:MAX_OTHERS]
-    signature = _signature_findings(evidence, url, page, landing, account, others, now)
-    if evidence.app_id is not None and account is None and all(f.code != "app_id_mismatch" for f in signature):
+    meant = meant[:MAX_CORP_APPS]
+    user_agent, err_msg = evidence.user_agent, (evidence.err_msg or "").lower()
+    wecom = any(e.account.wecom for e in meant) if meant else user_agent is not None and is_wecom(user_agent)
+    q = _Question(
+        evidence=evidence,
+        url=url,
+        page=parse_page_url(url),
+        landing=_landing(evidence.landing_url),
+        meant=meant,
+        others=others[:MAX_OTHERS],
+        configured=configured,
+        wecom=wecom,
+        client=_client(user_agent, wecom),
+        call=_failed_call(err_msg),
+        errcodes=_errcodes(err_msg),
+        now=now,
+    )
+    signature = _signature_findings(q)
+    if evidence.app_id is not None and not meant and all(f.code != "app_id_mismatch" for f in signature):
         message = (
             f"wx.config was given appId {evidence.app_id!r}; this service signs for {_some_accounts(configured)} "
             f"only. {_SAME_ANSWER}"
         )
         findings.append(Finding("app_id_mismatch", "error", message))
-    findings += _url_findings(page, account, others, configured)
+    findings += _url_findings(q)
     findings += signature
-    findings += _err_msg_findings(evidence.err_msg, page, account, others)
+    findings += _err_msg_findings(q, err_msg)
     findings.sort(key=lambda f: _WORST_FIRST[f.severity])
     return findings
 
@@ -143,6 +221,33 @@ _SENT_ENCODED = (
     "location.href in a JSON body; in a query string encode it exactly once (the service decodes ?url= once)."
 )
 _SAME_ANSWER = "Pass wx.config the appId from the same answer as the signature."
+
+
+def _client(user_agent: str | None, wecom: bool) -> Client | None:
+    """Who verified: from the user agent; without one, the WeCom client for a WeCom app's page."""
+    if user_agent is None:
+        return "wecom" if wecom else None
+    if is_wecom(user_agent):
+        return "wecom"
+    return "ios_wechat" if is_ios_wechat(user_agent) else "other"
+
+
+def _failed_call(err_msg: str) -> Call | None:
+    """Which call errMsg is about: `agentConfig:...` or `config:...` (lower-cased), else not said."""
+    text = err_msg.lstrip()
+    if text.startswith("agentconfig:"):
+        return "agentConfig"
+    return "config" if text.startswith("config:") else None
+
+
+def _errcodes(err_msg: str) -> frozenset[int]:
+    """The WeCom client errcodes a (lower-cased) errMsg names, by number or by words."""
+    named = {int(code) for code in _WECOM_ERRCODE.findall(err_msg)}
+    return frozenset(named | {code for words, code in _WECOM_WORDS.items() if words in err_msg})
+
+
+def _invalid_signature(q: _Question) -> bool:
+    return 40093 in q.errcodes
 
 
 # -- the URL and the account -----------------------------------------------------------------
@@ -172,27 +277,36 @@ def _landing(value: str | None) -> str | None:
     return raw
 
 
-def _url_findings(
-    page: PageURL, account: AccountTickets | None, others: Sequence[AccountTickets], configured: Sequence[Account]
-) -> list[Finding]:
+def _signs_for_host(q: _Question) -> bool:
+    """Whether the service signs the page's host for the accounts meant (none known: for any account)."""
+    if q.meant:
+        return any(host_allowed(q.page.host, e.account.allowed_hosts) for e in q.meant)
+    return bool(q.others)  # with no account meant, `others` are the accounts signing for this host
+
+
+def _url_findings(q: _Question) -> list[Finding]:
     findings = []
-    # With no account, `others` are the accounts signing for this host: none means no account does.
-    allowed = host_allowed(page.host, account.account.allowed_hosts) if account is not None else bool(others)
-    if not allowed:
-        if account is not None:
-            whose, domains = _name(account.account), ", ".join(sorted(account.account.allowed_hosts))
+    page = q.page
+    if not _signs_for_host(q):
+        if q.meant:
+            whose, domains = _whose(q.meant), _domains_of(q.meant)
         else:
-            whose, domains = "any account of this service", _some_domains(configured)
-        message = (
-            f"{page.host} is not a JS secure domain of {whose} (those are: {domains}). The service refuses to "
-            "sign it and WeChat answers 'invalid url domain': add the domain to the official account's JS secure "
-            "domains (JS接口安全域名) and to the account's allowed_hosts."
+            whose, domains = "any account of this service", _some_domains(q.configured)
+        template = _WECOM_HOST_NOT_ALLOWED if q.wecom else _HOST_NOT_ALLOWED
+        findings.append(
+            Finding("host_not_allowed", "error", template.format(host=page.host, whose=whose, domains=domains))
         )
-        findings.append(Finding("host_not_allowed", "error", message))
     if page.port is not None and page.port == _DEFAULT_PORT[page.scheme]:
         message = (
             f"the URL names the default port :{page.port}. Browsers leave it out of location.href, so a URL "
-            "written with it is not the one WeChat verifies: sign location.href as it is."
+            "written with it is not the one the client verifies: sign location.href as it is."
+        )
+        findings.append(Finding("port_in_url", "warning", message))
+    elif page.port is not None and q.wecom:
+        message = (
+            f"the page is served on port {page.port}. WeCom accepts it only when the app's trusted domain (可信域名) "
+            f"names the port too ({page.host}:{page.port}); WeChat, should the page be opened there, accepts ports "
+            "80 and 443 only."
         )
         findings.append(Finding("port_in_url", "warning", message))
     elif page.port is not None:
@@ -202,6 +316,18 @@ def _url_findings(
         )
         findings.append(Finding("port_in_url", "error", message))
     return findings
+
+
+_HOST_NOT_ALLOWED = (
+    "{host} is not a JS secure domain of {whose} (those are: {domains}). The service refuses to sign it and WeChat "
+    "answers 'invalid url domain': add the domain to the official account's JS secure domains (JS接口安全域名) and "
+    "to the account's allowed_hosts."
+)
+_WECOM_HOST_NOT_ALLOWED = (
+    "{host} is not a trusted domain of {whose} (those are: {domains}). The service refuses to sign it and WeCom "
+    "answers 'not match any reliable domain' (80001): add the domain to the app's trusted domains (可信域名, "
+    "verified and ICP-filed) in the WeCom admin console and to the account's allowed_hosts."
+)
 
 
 # -- the signature ---------------------------------------------------------------------------
@@ -218,38 +344,32 @@ class _Candidate:
 
 @dataclass(frozen=True, slots=True)
 class _Match:
+    """What made the signature: `entry`'s ticket number `index` (0: the current one) of those for `call`."""
+
     entry: AccountTickets
+    call: Call
     index: int
     candidate: _Candidate
 
 
-def _signature_findings(
-    evidence: Evidence,
-    url: str,
-    page: PageURL,
-    landing: str | None,
-    account: AccountTickets | None,
-    others: Sequence[AccountTickets],
-    now: float,
-) -> list[Finding]:
+def _signature_findings(q: _Question) -> list[Finding]:
+    evidence = q.evidence
     signature, nonce, timestamp = evidence.signature, evidence.nonce, evidence.timestamp
     if signature is None or nonce is None or timestamp is None:
-        if (signature, nonce, timestamp) != (None, None, None) or "invalid signature" in (evidence.err_msg or ""):
+        if (signature, nonce, timestamp) != (None, None, None) or _invalid_signature(q):
             return [Finding("signature_not_checked", "info", _FIELDS_MISSING)]
         return []
-    if account is None and evidence.app_id is None:
+    if not q.meant and evidence.app_id is None:
         # Several accounts, none of them named: re-computing with every one of them is what this avoids.
         return [Finding("signature_not_checked", "info", _APP_ID_NEEDED)]
-    entries = [account, *others] if account is not None else list(others)
-    match = _find(entries, _candidates(url, page, landing), signature, nonce, timestamp)
+    match = _find([*q.meant, *q.others], _candidates(q), signature, nonce, timestamp)
     if match is not None:
-        landing_differs = landing is not None and strip_fragment(landing) != page.raw
-        return _explain(match, evidence, account, landing_differs, now)
-    if account is None:
+        return _explain(match, q)
+    if not q.meant:
         return []  # an unknown appId: app_id_mismatch says so
-    if not account.tickets:
+    if not any(e.tickets for e in q.meant):
         return [Finding("signature_not_checked", "info", _NO_TICKET)]
-    return [_no_match(account, timestamp, now)]
+    return [_no_match(q, timestamp)]
 
 
 _FIELDS_MISSING = (
@@ -257,8 +377,8 @@ _FIELDS_MISSING = (
     "(with appId, and landingUrl and userAgent for single-page apps)."
 )
 _NO_TICKET = (
-    "the service holds no jsapi_ticket yet (WeChat has not handed one out since it started), so there is nothing "
-    "to re-compute the signature with; /readyz says why."
+    "the service holds no jsapi_ticket yet (WeChat, or WeCom, has not handed one out since it started), so there "
+    "is nothing to re-compute the signature with; /readyz says why."
 )
 _APP_ID_NEEDED = (
     "this service signs for several accounts and the question names none of them: send appId, the one passed to "
@@ -266,11 +386,15 @@ _APP_ID_NEEDED = (
 )
 
 
-def _candidates(url: str, page: PageURL, landing: str | None) -> list[_Candidate]:
+def _landing_differs(q: _Question) -> bool:
+    return q.landing is not None and strip_fragment(q.landing) != q.page.raw
+
+
+def _candidates(q: _Question) -> list[_Candidate]:
     """The page URL and the landing URL as they are, then each with one of the usual mistakes."""
-    bases: list[tuple[Literal["page", "landing"], str]] = [("page", url)]
-    if landing is not None and strip_fragment(landing) != page.raw:
-        bases.append(("landing", landing))
+    bases: list[tuple[Literal["page", "landing"], str]] = [("page", q.url)]
+    if q.landing is not None and _landing_differs(q):
+        bases.append(("landing", q.landing))
     candidates = [_Candidate(base, None, strip_fragment(full)) for base, full in bases]
     for base, full in bases:
         raw = strip_fragment(full)
@@ -316,10 +440,11 @@ def _find(
     entries: Sequence[AccountTickets], candidates: Sequence[_Candidate], signature: str, nonce: str, timestamp: int
 ) -> _Match | None:
     for entry in entries:
-        for index, ticket in enumerate(entry.tickets):
-            for candidate in candidates:
-                if _sign_exact(ticket.value, nonce, timestamp, candidate.url) == signature:
-                    return _Match(entry, index, candidate)
+        for call in _CALLS:
+            for index, ticket in enumerate(entry.signing(call)):
+                for candidate in candidates:
+                    if _sign_exact(ticket.value, nonce, timestamp, candidate.url) == signature:
+                        return _Match(entry, call, index, candidate)
     return None
 
 
@@ -329,31 +454,69 @@ def _sign_exact(ticket: str, nonce: str, timestamp: int, url: str) -> str:
     return hashlib.sha1(plain.encode("utf-8")).hexdigest()  # noqa: S324 (WeChat's algorithm, not our choice)
 
 
-def _explain(
-    match: _Match, evidence: Evidence, account: AccountTickets | None, landing_differs: bool, now: float
-) -> list[Finding]:
+def _explain(match: _Match, q: _Question) -> list[Finding]:
     """What a match says: each reason the signature fails, whether the right URL was signed, or that it is valid."""
     signer, candidate = match.entry, match.candidate
     which = "the page URL" if candidate.base == "page" else "the landing URL"
     failures: list[Finding] = []
-    if evidence.app_id is not None and signer is not account:
-        message = (
-            f"the signature was made with the ticket of {_name(signer.account)}, but wx.config was given appId "
-            f"{evidence.app_id!r}. {_SAME_ANSWER}"
-        )
-        failures.append(Finding("app_id_mismatch", "error", message))
+    mismatch = _app_id_mismatch(match, q)
+    if mismatch is not None:
+        failures.append(Finding("app_id_mismatch", "error", mismatch))
+    if q.call is not None and q.call != match.call and signer.account.wecom:
+        failures.append(_wrong_ticket(match))
     if match.index > 0:
-        failures.append(_stale(signer, match.index, now))
+        failures.append(_stale(match, q.now))
     if candidate.mistake is not None:
         message = f"the signature was made for {which} {_MISTAKES[candidate.mistake]}"
         failures.append(Finding(candidate.mistake, "error", message))
-    verdict = _landing_verdict(candidate.base, evidence.user_agent, landing_differs)
+    verdict = _landing_verdict(candidate.base, q.client, _landing_differs(q))
     findings = failures if verdict is None else [*failures, verdict]
     # Valid when nothing failed and this is the URL the client verifies, or may verify (no user agent known).
     verified = verdict is None or (verdict.severity == "warning" and candidate.base == "page")
     if not failures and verified:
-        findings.append(_valid(which, signer, evidence.err_msg))
+        findings.append(_valid(which, match, q))
     return findings
+
+
+def _app_id_mismatch(match: _Match, q: _Question) -> str | None:
+    """Why the appId the page passed cannot go with this signature; None when it can (or none was sent)."""
+    signer, app_id = match.entry, q.evidence.app_id
+    if app_id is None or any(signer is e for e in q.meant):
+        return None
+    same_corp = signer.account.wecom and any(
+        e.account.wecom and e.account.app_id == signer.account.app_id for e in q.meant
+    )
+    if same_corp and match.call == "config":
+        return None  # wx.config names the corp: any of its apps' corp tickets signs for it
+    if same_corp:
+        return (
+            f"the signature was made with the agent ticket of {_name(signer.account)}, but the question names "
+            f"{_whose(q.meant)}: wx.agentConfig verifies with the agent ticket of the app its agentid names. Pass "
+            "wx.agentConfig the agentid and the signature of one /v1/agent-signature answer."
+        )
+    return (
+        f"the signature was made with the ticket of {_name(signer.account)}, but wx.config was given appId "
+        f"{app_id!r}. {_SAME_ANSWER}"
+    )
+
+
+def _wrong_ticket(match: _Match) -> Finding:
+    """A WeCom app's corp ticket signature passed to wx.agentConfig, or its agent ticket's to wx.config."""
+    whose = _name(match.entry.account)
+    if match.call == "config":
+        message = (
+            f"the signature was made with the corp ticket of {whose}, the one that signs wx.config, but it was "
+            "passed to wx.agentConfig, which WeCom verifies with the app's own agent ticket (invalid signature, "
+            "40093, or 42012): pass wx.agentConfig the answer of /v1/agent-signature (agentConfig in /v1/share's), "
+            "and wx.config that of /v1/signature."
+        )
+        return Finding("corp_ticket_for_agent_config", "error", message)
+    message = (
+        f"the signature was made with the agent ticket of {whose}, the one that signs wx.agentConfig, but it was "
+        "passed to wx.config, which WeCom verifies with the corp ticket (invalid signature, 40093): pass wx.config "
+        "the answer of /v1/signature (config in /v1/share's), and wx.agentConfig that of /v1/agent-signature."
+    )
+    return Finding("agent_ticket_for_config", "error", message)
 
 
 _MISTAKES = {
@@ -378,18 +541,19 @@ _MISTAKES = {
 }
 
 
-def _landing_verdict(base: str, user_agent: str | None, landing_differs: bool) -> Finding | None:
+def _landing_verdict(base: str, client: Client | None, landing_differs: bool) -> Finding | None:
     """Whether the URL that was signed is the one this client verifies (iOS WeChat: the landing URL)."""
     if not landing_differs:
         return None
-    if user_agent is None:
+    if client is None:
         message = _UNKNOWN_CLIENT_PAGE if base == "page" else _UNKNOWN_CLIENT_LANDING
         return Finding("ios_landing_url", "warning", message)
-    ios = is_ios_wechat(user_agent)
-    if ios and base == "page":
+    if client == "ios_wechat" and base == "page":
         return Finding("ios_landing_url", "error", _IOS_SIGNED_PAGE)
-    if not ios and base == "landing":
-        return Finding("ios_landing_url", "error", _OTHER_SIGNED_LANDING)
+    if client != "ios_wechat" and base == "landing":
+        return Finding(
+            "ios_landing_url", "error", _WECOM_SIGNED_LANDING if client == "wecom" else _OTHER_SIGNED_LANDING
+        )
     return None
 
 
@@ -410,31 +574,64 @@ _OTHER_SIGNED_LANDING = (
     "the signature matches landingUrl, not url, but only iOS WeChat verifies the landing URL and this user agent "
     "is not iOS WeChat: sign the current location.href here, as the page helper does."
 )
+_WECOM_SIGNED_LANDING = (
+    "the signature matches landingUrl, not url, but the WeCom client verifies the current URL, on iOS too (only "
+    "iOS WeChat verifies the landing URL): sign the current location.href without its #fragment, as @wecom/jssdk "
+    "does in WeCom."
+)
 
 
-def _valid(which: str, signer: AccountTickets, err_msg: str | None) -> Finding:
-    message = f"the signature is right for {which} with the current ticket of {_name(signer.account)}."
-    if err_msg is not None and "invalid signature" in err_msg:
-        message += (
-            " Yet WeChat said invalid signature: wx.config got other values than these, or the client verified "
-            "another URL (wx.config with debug: true shows it as realAuthUrl)."
+def _valid(which: str, match: _Match, q: _Question) -> Finding:
+    account = match.entry.account
+    if not account.wecom:
+        message = f"the signature is right for {which} with the current ticket of {_name(account)}."
+    elif match.call == "config":
+        message = (
+            f"the signature is right for {which} with the current corp ticket of {_name(account)}: the one "
+            f"wx.config (appId {account.app_id}, beta: true) needs, not wx.agentConfig."
         )
+    else:
+        message = (
+            f"the signature is right for {which} with the current agent ticket of {_name(account)}: the one "
+            f"wx.agentConfig needs, with corpid {account.app_id} and agentid {account.agent_id}, not wx.config."
+        )
+    if _invalid_signature(q):
+        message += _YET_WECOM if account.wecom else _YET_WECHAT
     return Finding("signature_valid", "ok", message)
 
 
-def _stale(signer: AccountTickets, index: int, now: float) -> Finding:
-    ticket, current = signer.tickets[index], signer.tickets[0]
-    which = "the ticket before the current one" if index == 1 else f"the ticket {index} before the current one"
+_YET_WECHAT = (
+    " Yet WeChat said invalid signature: wx.config got other values than these, or the client verified "
+    "another URL (wx.config with debug: true shows it as realAuthUrl)."
+)
+_YET_WECOM = (
+    " Yet WeCom said invalid signature: the call got other values than these (another agentid, a nonceStr or "
+    "timestamp from another answer), or the client verified another URL (a page in an iframe is verified by "
+    "top.location.href)."
+)
+
+
+def _stale(match: _Match, now: float) -> Finding:
+    tickets = match.entry.signing(match.call)
+    ticket, current, index = tickets[match.index], tickets[0], match.index
+    kind = _ticket_kind(match.entry.account, match.call)
+    which = f"the {kind} before the current one" if index == 1 else f"the {kind} {index} before the current one"
     severity: Severity = "error" if ticket.expires_at <= now else "warning"
     if severity == "error":
         state = f"it expired {_duration(now - ticket.expires_at)} ago"
     else:
-        state = f"WeChat may accept it for {_duration(ticket.expires_at - now)} more"
+        state = f"the client may accept it for {_duration(ticket.expires_at - now)} more"
     message = (
-        f"signed with {which}, obtained {_duration(now - ticket.obtained_at)} ago ({state}); the current ticket was "
+        f"signed with {which}, obtained {_duration(now - ticket.obtained_at)} ago ({state}); the current {kind} was "
         f"obtained {_duration(now - current.obtained_at)} ago. {_CACHED_CONFIG}"
     )
     return Finding("stale_ticket", severity, message)
+
+
+def _ticket_kind(account: Account, call: Call) -> str:
+    if not account.wecom:
+        return "ticket"
+    return "corp ticket" if call == "config" else "agent ticket"
 
 
 _CACHED_CONFIG = (
@@ -443,9 +640,9 @@ _CACHED_CONFIG = (
 )
 
 
-def _no_match(account: AccountTickets, timestamp: int, now: float) -> Finding:
-    kept = list(account.tickets)
-    whose = _name(account.account)
+def _no_match(q: _Question, timestamp: int) -> Finding:
+    kept = [t for e in q.meant for call in _CALLS for t in e.signing(call)]
+    whose, now = _whose(q.meant), q.now
     oldest = min((t.obtained_at for t in kept), default=now)
     # A minute's slack: a timestamp is a whole second, and hosts' clocks differ a little.
     if timestamp < oldest - 60:
@@ -455,6 +652,10 @@ def _no_match(account: AccountTickets, timestamp: int, now: float) -> Finding:
             f"ago): most likely signed with a ticket replaced since. {_CACHED_CONFIG}"
         )
         return Finding("stale_ticket", "error", message)
+    if q.wecom:
+        call = "wx.agentConfig" if q.call == "agentConfig" else "wx.config (or wx.agentConfig)"
+        message = _WECOM_NO_MATCH.format(whose=whose, kept=len(kept), call=call)
+        return Finding("signature_mismatch", "error", message)
     earlier = f" and the {len(kept) - 1} before it" if len(kept) > 1 else ""
     message = (
         f"the signature matches no ticket kept for {whose} (the current one{earlier}) for the page URL, the "
@@ -465,49 +666,151 @@ def _no_match(account: AccountTickets, timestamp: int, now: float) -> Finding:
     return Finding("signature_mismatch", "error", message)
 
 
-# -- WeChat's words --------------------------------------------------------------------------
+_WECOM_NO_MATCH = (
+    "the signature matches none of the {kept} corp and agent tickets kept for {whose}, for the page URL, "
+    "the landing URL or their usual variants (#fragment, percent-encoding, port, trailing slash, scheme). Pass "
+    "{call} the nonceStr, timestamp and signature of one answer unchanged (wx.config: /v1/signature's, "
+    "wx.agentConfig: /v1/agent-signature's), sign exactly location.href without its #fragment (in an iframe, "
+    "top.location.href; send landingUrl for a single-page app), fetch a fresh signature on every page load rather "
+    "than a cached one, and check that nothing else (another server, an old cache) signs for this page."
+)
 
 
-def _err_msg_findings(
-    err_msg: str | None, page: PageURL, account: AccountTickets | None, others: Sequence[AccountTickets]
-) -> list[Finding]:
-    text = (err_msg or "").lower()
+# -- the client's words ----------------------------------------------------------------------
+
+
+def _err_msg_findings(q: _Question, text: str) -> list[Finding]:
+    """What the (lower-cased) errMsg means: WeChat's phrases, and WeCom's 40013, 80001 and 42012."""
     findings = []
-    if "the permission value is offline verifying" in text:
-        findings.append(Finding("offline_verifying", "error", _OFFLINE_VERIFYING))
+    host, wecom = q.page.host, q.wecom
+    if "the permission value is offline verifying" in text or "fail_nopermission" in text:
+        message = _WECOM_OFFLINE_VERIFYING if wecom else _OFFLINE_VERIFYING
+        findings.append(Finding("offline_verifying", "error", message))
     if "invalid url domain" in text:
-        signed = host_allowed(page.host, account.account.allowed_hosts) if account is not None else bool(others)
-        if signed:
-            cause = "this service signs for it, so the official account's own list lacks it (or the appId is another's)"
-        else:
-            cause = "this service does not sign for it either"
-        message = (
-            f"'invalid url domain' means {page.host} is not one of the JS secure domains (JS接口安全域名) set for "
-            f"this appId in the WeChat admin console; {cause}. An account has up to 5, without IP addresses or "
-            "ports; a domain covers its subdomains."
+        template = _WECOM_INVALID_URL_DOMAIN if wecom else _INVALID_URL_DOMAIN
+        lacks = f"{_CONSOLE_LACKS} (or the corpid is another corp's)" if wecom else _OWN_LIST_LACKS
+        findings.append(
+            Finding("invalid_url_domain", "error", template.format(host=host, cause=_domain_cause(q, lacks)))
         )
-        findings.append(Finding("invalid_url_domain", "error", message))
     if "permission denied" in text:
-        findings.append(Finding("permission_denied", "error", _PERMISSION_DENIED))
+        message = _WECOM_PERMISSION_DENIED if wecom else _PERMISSION_DENIED
+        findings.append(Finding("permission_denied", "error", message))
+    if 40013 in q.errcodes:
+        findings.append(Finding("invalid_corp_id", "error", _INVALID_CORP_ID + _corp_id_cause(q)))
+    elif q.client == "wecom" and q.meant and not any(e.account.wecom for e in q.meant):
+        findings.append(Finding("invalid_corp_id", "warning", _OFFICIAL_IN_WECOM.format(whose=_whose(q.meant))))
+    if 80001 in q.errcodes:
+        whose = _whose(q.meant) if q.meant else "the WeCom app"
+        cause = _domain_cause(q, f"{_CONSOLE_LACKS} (or the agentid is another app's)")
+        findings.append(
+            Finding("untrusted_domain", "error", _UNTRUSTED_DOMAIN.format(host=host, whose=whose, cause=cause))
+        )
+    if 42012 in q.errcodes:
+        message = _TICKET_UNUSABLE if q.evidence.signature is not None else _TICKET_UNUSABLE + _SEND_THE_VALUES
+        findings.append(Finding("ticket_unusable", "error", message))
     return findings
 
 
+def _domain_cause(q: _Question, signed: str) -> str:
+    """`signed` (why the console's list must lack the host) when the service signs for it, else that it does not."""
+    return (
+        f"this service signs for it, so {signed}" if _signs_for_host(q) else "this service does not sign for it either"
+    )
+
+
+def _corp_id_cause(q: _Question) -> str:
+    """What the appId sent says about a 40013."""
+    app_id = q.evidence.app_id
+    if app_id is None:
+        return " Send appId (the corpid the page passed) to have it checked."
+    if not q.meant:
+        return f" {app_id!r} is not the corp_id of any app of this service."
+    corp = q.meant[0].account
+    if not corp.wecom:
+        return (
+            f" {app_id!r} is the official account {_whose(q.meant)}'s appId: a WeCom page passes the corp_id "
+            '(ww...), signed with the corp ticket of a WeCom app of this service (kind = "wecom").'
+        )
+    if app_id != corp.app_id:
+        return f" {app_id!r} names {_whose(q.meant)}: pass its corp_id itself, {corp.app_id}, not a name or a key."
+    return (
+        f" {app_id} is the corp of {_whose(q.meant)}: with that passed, the user is signed in to another corp "
+        "(the page was opened in another corp's WeCom), or wx.agentConfig's corpid differs from wx.config's appId."
+    )
+
+
+_CONSOLE_LACKS = "the app's trusted domains in the WeCom admin console lack it"
+_OWN_LIST_LACKS = "the official account's own list lacks it (or the appId is another's)"
+_OFFICIAL_IN_WECOM = (
+    "this page runs in the WeCom client with the appId of the official account {whose}: WeCom verifies wx.config "
+    "against a corp (appId: the corp_id, signed with the corp ticket) and answers 'invalid corpId' (40013) "
+    'otherwise. Sign it for a WeCom app of the corp (kind = "wecom").'
+)
 _OFFLINE_VERIFYING = (
     "'the permission value is offline verifying' means WeChat had no working wx.config when the API was called: "
     "the config failed (see the other findings), the API is missing from jsApiList, or it was called before "
     "wx.ready. Call the share APIs inside wx.ready and list them in jsApiList; the page helper does both."
 )
+_WECOM_OFFLINE_VERIFYING = (
+    "'the permission value is offline verifying' (or fail_nopermission) means the WeCom client had no working "
+    "wx.config when the API was called (for an API that needs the app's identity: no working wx.agentConfig): "
+    "that call failed (see the other findings), the API is missing from jsApiList, or it was called before "
+    "wx.ready (or before agentConfig's success). Call the APIs after those and list them in jsApiList."
+)
+_INVALID_URL_DOMAIN = (
+    "'invalid url domain' means {host} is not one of the JS secure domains (JS接口安全域名) set for this appId in "
+    "the WeChat admin console; {cause}. An account has up to 5, without IP addresses or ports; a domain covers "
+    "its subdomains."
+)
+_WECOM_INVALID_URL_DOMAIN = (
+    "'invalid url domain' means {host} is not bound to the corp; {cause}. Set it as a trusted domain (可信域名) of "
+    "the app (应用管理 → the app → 网页授权及JS-SDK); a domain covers its subdomains."
+)
 _PERMISSION_DENIED = (
     "'permission denied' means the official account may not use this API: custom share cards need a verified "
     "(认证) account with the share permission."
 )
+_WECOM_PERMISSION_DENIED = (
+    "'permission denied' means the WeCom app may not use this API: grant it the permission in the WeCom admin "
+    "console, and for an API that needs the app's identity call wx.agentConfig (signed with /v1/agent-signature) "
+    "first."
+)
+_INVALID_CORP_ID = (
+    "'invalid corpId' (40013) means the corpid passed (wx.config's appId, wx.agentConfig's corpid) is not the corp "
+    "the app belongs to, or not the corp the user is signed in to: both must be the corp_id (企业ID, ww...) of the "
+    "app's corp, as /v1/signature's appId and /v1/agent-signature's corpid are."
+)
+_UNTRUSTED_DOMAIN = (
+    "'not match any reliable domain' (80001) means {host} is not a trusted domain (可信域名) of {whose}: set it in "
+    "the WeCom admin console (应用管理 → the app → 网页授权及JS-SDK → 可信域名), its ownership verified (the "
+    "WW_verify_....txt file served at the domain's root) and ICP-filed under the corp's subject, a port other than "
+    "80 and 443 included; {cause}."
+)
+_TICKET_UNUSABLE = (
+    "42012 (jsapi_ticket unusable) means WeCom does not accept the ticket the signature was made with for this call: "
+    "wx.agentConfig needs the agent ticket of the app its agentid names (fetched with that app's own token), "
+    "wx.config the corp ticket. Sign wx.agentConfig with /v1/agent-signature and wx.config with /v1/signature."
+)
+_SEND_THE_VALUES = " Send the signature, nonceStr and timestamp passed, and the doctor names the ticket that made them."
 
 
 # -- words -----------------------------------------------------------------------------------
 
 
 def _name(account: Account) -> str:
-    return account.app_id if account.name == account.app_id else f"{account.name} ({account.app_id})"
+    """An account as messages name it: its key (appId, or corp_id:agent_id), after its name if that differs."""
+    return account.key if account.name == account.key else f"{account.name} ({account.key})"
+
+
+def _whose(meant: Sequence[AccountTickets]) -> str:
+    """The account meant, or the corp whose apps were."""
+    if len(meant) == 1:
+        return _name(meant[0].account)
+    return f"the apps of corp {meant[0].account.app_id} ({_some_accounts([e.account for e in meant])})"
+
+
+def _domains_of(meant: Sequence[AccountTickets]) -> str:
+    return ", ".join(sorted({d for e in meant for d in e.account.allowed_hosts}))
 
 
 def _some_accounts(accounts: Sequence[Account]) -> str:

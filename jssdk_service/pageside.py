@@ -3,9 +3,10 @@
     GET  /v1/jssdk-share.js      the page helper (static/jssdk-share.js): signs the page, sets the share
                                  card, reports wx.config failures; ETag, and a year of caching at ?v=<ETag>
     POST /v1/doctor              why WeChat refused a config: `doctor.diagnose` against the current and
-                                 recent tickets of the account the page names (and of a few others
-                                 signing for its host), never of every account; with only a url, the
-                                 latest report from it
+                                 recent tickets of the account the page names (a corp_id: the corp's
+                                 few WeCom apps, both tickets of each) and of a few others signing for
+                                 its host, never of every account; with only a url, the latest report
+                                 from it
     POST /v1/report              what the helper sends on wx.error: diagnosed, kept (the app's
                                  `PageReports`), counted in jssdk_reports_total, logged
 
@@ -14,6 +15,7 @@ Answers are JSON with `Cache-Control: no-store`; bad input raises the `errors` t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -24,7 +26,16 @@ from aiohttp import web
 
 from jssdk_service import shapes
 from jssdk_service.config import Account
-from jssdk_service.doctor import MAX_OTHERS, AccountTickets, Evidence, diagnose, evidence_from_body, page_url
+from jssdk_service.credentials import AccountCredentials
+from jssdk_service.doctor import (
+    MAX_CORP_APPS,
+    MAX_OTHERS,
+    AccountTickets,
+    Evidence,
+    diagnose,
+    evidence_from_body,
+    page_url,
+)
 from jssdk_service.endpoint import json_response
 from jssdk_service.errors import UpstreamError
 from jssdk_service.keys import CLOCK, REPORTS, SETTINGS, SIGNERS, STORE
@@ -86,8 +97,9 @@ async def report(request: web.Request) -> web.Response:
     if evidence.user_agent is None and request.headers.get("User-Agent"):
         evidence = replace(evidence, user_agent=request.headers["User-Agent"][:1024])
     app = request.app
-    account, findings = await _diagnose(app, evidence)
-    name = account.name if account is not None else "unknown"
+    meant, findings = await _diagnose(app, evidence)
+    # Several apps meant: a corp_id named them, which stands for them all.
+    name = meant[0].name if len(meant) == 1 else meant[0].app_id if meant else "unknown"
     page = page_url(evidence.url)
     app[REPORTS].keep(PageReport(received_at=app[CLOCK](), page=page.raw, err_msg=err_msg, findings=tuple(findings)))
     REPORTS_TOTAL.labels(name).inc()
@@ -102,32 +114,39 @@ async def report(request: web.Request) -> web.Response:
     return _answer(findings)
 
 
-async def _diagnose(app: web.Application, evidence: Evidence) -> tuple[Account | None, list[Finding]]:
-    """The account the page meant and the findings, from its tickets (and a few others'): O(1) in accounts.
+async def _diagnose(app: web.Application, evidence: Evidence) -> tuple[tuple[Account, ...], list[Finding]]:
+    """The accounts the page meant and the findings, from their tickets (and a few others'): O(1) in accounts.
 
-    The account is the one the appId names, or the only one configured; with no appId, the only
+    The account is the one the appId names, or the only one configured; an appId that is a corp_id
+    stands for that corp's WeCom apps (a few: `MAX_CORP_APPS`), each tried; with no appId, the only
     one signing for the page's host. With several accounts and none of them named, no ticket is
     tried (the doctor says it needs the appId).
     """
     page = page_url(evidence.url)
     settings, store = app[SETTINGS], app[STORE]
-    account = settings.account(evidence.app_id)
-    # One more than MAX_OTHERS: the account itself may be among them.
-    covering = _signing_for(app[SIGNERS], page.host, limit=MAX_OTHERS + 1)
-    if account is None and evidence.app_id is None and len(covering) == 1:
-        account = covering[0]
-    others = [a for a in covering if a is not account][:MAX_OTHERS]
-    entry = None
-    if account is not None:
-        creds = store[account.key]
-        if not creds.recent_tickets:
-            # Cold start: join the first refresh; when WeChat fails, the findings say no ticket was there.
-            with contextlib.suppress(UpstreamError):
-                await creds.ticket()
-        entry = AccountTickets(account, tuple(creds.recent_tickets))
+    named = settings.account(evidence.app_id)
+    meant = (named,) if named is not None else settings.corp_apps(evidence.app_id or "")[:MAX_CORP_APPS]
+    # MAX_OTHERS more than the accounts meant (at least one): they may be among them.
+    covering = _signing_for(app[SIGNERS], page.host, limit=MAX_OTHERS + max(1, len(meant)))
+    if not meant and evidence.app_id is None and len(covering) == 1:
+        meant = (covering[0],)
+    others = [a for a in covering if all(a is not m for m in meant)][:MAX_OTHERS]
+    # Cold start: join the first refresh; when WeChat fails, the findings say no ticket was there.
+    await asyncio.gather(*(_first_ticket(store[a.key]) for a in meant if not store[a.key].recent_tickets))
+    entries = [_held(store[a.key]) for a in meant]
     # Others' tickets as they are: a diagnosis never waits for another account's refresh.
-    tickets = [AccountTickets(a, tuple(store[a.key].recent_tickets)) for a in others]
-    return account, diagnose(evidence, entry, others=tickets, configured=settings.accounts, now=app[CLOCK]())
+    tickets = [_held(store[a.key]) for a in others]
+    return meant, diagnose(evidence, entries, others=tickets, configured=settings.accounts, now=app[CLOCK]())
+
+
+async def _first_ticket(creds: AccountCredentials) -> None:
+    with contextlib.suppress(UpstreamError):
+        await creds.ticket()
+
+
+def _held(creds: AccountCredentials) -> AccountTickets:
+    """The account's recent tickets (and a WeCom app's agent tickets), as they are now."""
+    return AccountTickets(creds.account, tuple(creds.recent_tickets), tuple(creds.recent_agent_tickets))
 
 
 def _signing_for(signers: dict[str, tuple[Account, ...]], host: str, *, limit: int) -> list[Account]:
