@@ -1,7 +1,7 @@
 """Many accounts: start-up, memory, upstream calls and random-account throughput at N accounts.
 
     python bench/bench_accounts.py [--accounts 1,1000,10000] [--lifetime L] [--lifetimes 3]
-                                   [--concurrency 16] [--seconds 5] [--rounds 3]
+                                   [--concurrency 16] [--seconds 5] [--rounds 3] [--mixed]
 
 For each N it writes a TOML config with N `[[accounts]]` (all signing for example.com, one AppSecret
 in one environment variable), starts the sandbox (WeChat emulator) as its own process with those N
@@ -19,6 +19,10 @@ WARNING). It reports:
   connections, a Lua script picking the app) relative to a separately running N = 1 service,
   alternating the two round by round;
 - the median latency of 20 GETs of `/metrics` and of `/readyz`.
+With `--mixed` the N accounts are of every kind in turn: an official account with its AppSecret, a
+WeCom app (ten apps a corp; a corp ticket and an agent ticket each), and an official account whose
+token the sandbox's central token server owns (read over HTTP with a bearer). Token calls then count
+gettoken and the central server's reads too, and ticket calls WeCom's two ticket APIs.
 Run by hand, never in CI. At 10,000 accounts a cold start at concurrency 16 takes about 375 s, so
 the default lifetime there is 900 s and three lifetimes take 45 minutes on top.
 """
@@ -62,17 +66,23 @@ import os
 import sys
 
 from jssdk_service.sandbox import SandboxAccount, SandboxServer, WeChatSandbox
+from jssdk_service.sandbox_central import CentralTokenServer
+from jssdk_service.sandbox_wecom import SandboxWeComApp
 
 
 async def main() -> None:
     ids_path, secret_env, port, lifetime, delay = sys.argv[1:6]
     secret = os.environ[secret_env]
     with open(ids_path) as handle:
-        app_ids = handle.read().split()
-    sandbox = WeChatSandbox([SandboxAccount(app_id=app_id, secret=secret) for app_id in app_ids],
+        rows = [line.split() for line in handle if line.strip()]
+    official = [row[1] for row in rows if row[0] in ("official", "external")]
+    wecom = [SandboxWeComApp(corp_id=row[1], agent_id=row[2], secret=secret) for row in rows if row[0] == "wecom"]
+    sandbox = WeChatSandbox([SandboxAccount(app_id=app_id, secret=secret) for app_id in official], wecom_apps=wecom,
                             token_expires_in=int(lifetime), ticket_expires_in=int(lifetime))
     sandbox.faults.delay = float(delay)
-    await SandboxServer(sandbox, port=int(port)).start()
+    owned = [row[1] for row in rows if row[0] == "external"]
+    central = CentralTokenServer(sandbox, owned, bearer=secret) if owned else None
+    await SandboxServer(sandbox, central=central, port=int(port)).start()
     await asyncio.Event().wait()
 
 
@@ -153,12 +163,42 @@ def app_id(index: int) -> str:
     return "wx" + hashlib.sha256(f"bench-account-{index}".encode()).hexdigest()[:16]
 
 
-def write_config(path: Path, accounts: int) -> None:
+KINDS = ("official", "wecom", "external")
+APPS_PER_CORP = 10
+
+
+def kind_of(index: int, mixed: bool) -> str:
+    return KINDS[index % len(KINDS)] if mixed else "official"
+
+
+def wecom_app(index: int) -> tuple[str, str]:
+    """The corp_id and agent_id of WeCom app `index` (ten apps a corp)."""
+    corp = "ww" + hashlib.sha256(f"bench-corp-{index // (APPS_PER_CORP * len(KINDS))}".encode()).hexdigest()[:16]
+    return corp, str(1000000 + index)
+
+
+def write_config(path: Path, ids: Path, accounts: int, *, mixed: bool, sandbox_base: str) -> None:
+    """The service's TOML (`[[accounts]]` a0, a1, ...) and the sandbox's list of what it must know."""
     lines: list[str] = []
+    rows: list[str] = []
     for i in range(accounts):
-        lines += ["[[accounts]]", f'name = "a{i}"', f'app_id = "{app_id(i)}"', f'secret_env = "{SECRET_ENV}"',
-                  'allowed_hosts = ["example.com"]', ""]  # fmt: skip
+        kind = kind_of(i, mixed)
+        lines += ["[[accounts]]", f'name = "a{i}"', 'allowed_hosts = ["example.com"]']
+        if kind == "wecom":
+            corp, agent = wecom_app(i)
+            lines += ['kind = "wecom"', f'corp_id = "{corp}"', f"agent_id = {agent}", f'secret_env = "{SECRET_ENV}"']
+            rows.append(f"wecom {corp} {agent}")
+        elif kind == "external":
+            lines += [f'app_id = "{app_id(i)}"', 'token_source = "external"',
+                      f'token_url = "{sandbox_base}/sandbox/central/token?app={app_id(i)}"',
+                      f'token_url_auth_env = "{SECRET_ENV}"']  # fmt: skip
+            rows.append(f"external {app_id(i)}")
+        else:
+            lines += [f'app_id = "{app_id(i)}"', f'secret_env = "{SECRET_ENV}"']
+            rows.append(f"official {app_id(i)}")
+        lines.append("")
     path.write_text("\n".join(lines))
+    ids.write_text("\n".join(rows))
 
 
 def fetch(url: str, timeout: float = 30.0) -> tuple[int, bytes]:
@@ -216,22 +256,23 @@ def wait_until_answers(url: str, process: subprocess.Popen[bytes], log: Path, ti
 
 
 def start_pair(
-    stack: ExitStack, workdir: Path, accounts: int, lifetime: int, concurrency: int, secret: str, delay: float = DELAY
-) -> Pair:
+    stack: ExitStack, workdir: Path, accounts: int, lifetime: int, concurrency: int, secret: str, delay: float = DELAY,
+    *, mixed: bool = False,
+) -> Pair:  # fmt: skip
     """Start the sandbox and the service for `accounts` accounts; return once the service's port answers."""
     tag = f"n{accounts}-{len(list(workdir.iterdir()))}"
     config, ids = workdir / f"{tag}.toml", workdir / f"{tag}.ids"
-    write_config(config, accounts)
-    ids.write_text("\n".join(app_id(i) for i in range(accounts)))
     sandbox_port, service_port = free_port(), free_port()
     sandbox_base, service_base = f"http://127.0.0.1:{sandbox_port}", f"http://127.0.0.1:{service_port}"
+    write_config(config, ids, accounts, mixed=mixed, sandbox_base=sandbox_base)
     env = base_env(secret)
     sandbox_log_path = workdir / f"{tag}.sandbox.log"
     sandbox_log = stack.enter_context(sandbox_log_path.open("w"))
     command = [sys.executable, "-c", SANDBOX_SERVER, str(ids), SECRET_ENV, str(sandbox_port), str(lifetime), str(delay)]
     sandbox = stack.enter_context(spawn(command, env, sandbox_log))
     wait_until_answers(f"{sandbox_base}/sandbox/stats", sandbox, sandbox_log_path, 60)
-    env.update(JSSDK_WECHAT_API_BASE=sandbox_base, JSSDK_UPSTREAM_CONCURRENCY=str(concurrency),
+    env.update(JSSDK_WECHAT_API_BASE=sandbox_base, JSSDK_WECOM_API_BASE=sandbox_base,
+               JSSDK_UPSTREAM_CONCURRENCY=str(concurrency),
                JSSDK_LOG_LEVEL="WARNING")  # fmt: skip
     service_log_path = workdir / f"{tag}.service.log"
     service_log = stack.enter_context(service_log_path.open("w"))
@@ -297,11 +338,12 @@ def calls(stats: Any, *apis: str) -> int:
 
 
 def token_calls(stats: Any) -> int:
-    return calls(stats, "stable_token", "token")
+    """Tokens fetched (stable_token, token, WeCom's gettoken) or read from the central server."""
+    return calls(stats, "stable_token", "token", "gettoken", "central")
 
 
 def ticket_calls(stats: Any) -> int:
-    return calls(stats, "getticket")
+    return calls(stats, "getticket", "get_jsapi_ticket", "get_agent_ticket")
 
 
 def spread(stats: Any, start: float, end: float) -> tuple[int, float]:
@@ -417,7 +459,7 @@ def measure(
         f"{args.delay} s per upstream call (cold start >= {cold_start:.0f} s)")  # fmt: skip
     if lifetime < 1.5 * cold_start:
         say(f"  warning: a lifetime of {lifetime} s leaves little room for a {cold_start:.0f} s cold start")
-    pair = start_pair(stack, workdir, accounts, lifetime, args.concurrency, secret, args.delay)
+    pair = start_pair(stack, workdir, accounts, lifetime, args.concurrency, secret, args.delay, mixed=args.mixed)
     say(f"  port answered in {pair.port_s:.2f} s")
     ready_s = wait_ready(pair, args.ready_timeout)
     ready_at = time.time()
@@ -515,6 +557,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=5, help="seconds per wrk round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--delay", type=float, default=DELAY, help="seconds every upstream call takes (default 0.3)")
+    parser.add_argument(
+        "--mixed", action="store_true", help="accounts of every kind in turn (official, WeCom, external)"
+    )
     parser.add_argument("--ready-timeout", type=float, default=1800, help="give up waiting for /readyz after S")
     args = parser.parse_args()
     try:
