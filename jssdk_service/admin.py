@@ -66,16 +66,22 @@ async def apps(request: web.Request) -> web.Response:
     forced = ForcedRefreshes(config[CACHE])
     entries = []
     for creds in config[STORE]:
-        status = creds.status()
+        status, account = creds.status(), creds.account
         entries.append(
             AdminApp(
                 app=status.name,
                 app_id=status.app_id,
-                token_api=creds.account.token_api,
+                kind=account.kind,
+                token_source="secret" if account.source is None else "external",
+                token_api=account.token_api if _fetches_stable_or_classic(account) else None,
                 ready=status.ready,
                 reason=status.reason,
                 token=Lifetime(age_seconds=status.token_age, expires_in=status.token_expires_in),
                 ticket=Lifetime(age_seconds=status.ticket_age, expires_in=status.ticket_expires_in),
+                agent_ticket=Lifetime(age_seconds=status.agent_ticket_age, expires_in=status.agent_ticket_expires_in)
+                if account.wecom
+                else None,
+                ticket_calls_last_hour=await creds.ticket_calls_last_hour(),
                 last_refresh=_iso(status.last_refresh),
                 last_error=status.last_error,
                 errcode=status.errcode,
@@ -93,7 +99,7 @@ async def refresh(request: web.Request) -> web.Response:
     clock = config[CLOCK]
     account = _account(config[SETTINGS].account(request.match_info["app"]), request.match_info["app"])
     new_token = flag(request.query.get("token", "0"), "token")
-    stable = not account.wecom and account.source is None and account.token_api == "stable"  # noqa: S105
+    stable = _fetches_stable_or_classic(account) and account.token_api == "stable"  # noqa: S105
     if new_token and stable:
         next_allowed = await ForcedRefreshes(config[CACHE]).book(account.key, clock())
         if next_allowed is not None:
@@ -114,6 +120,11 @@ async def refresh(request: web.Request) -> web.Response:
         ticket=TicketFingerprint(fingerprint=ticket.fingerprint, expires_in=round(ticket.expires_at - clock(), 1)),
     )
     return json_response(answer)
+
+
+def _fetches_stable_or_classic(account: Account) -> bool:
+    """An official account that fetches its own token (stable_token or cgi-bin/token)."""
+    return not account.wecom and account.source is None
 
 
 def _account(account: Account | None, key: str) -> Account:

@@ -51,8 +51,10 @@ from jssdk_service.errors import (
     UpstreamUnavailable,
 )
 from jssdk_service.quotas import (
+    COUNTED_APIS,
     WECOM_APP_TICKETS_PER_HOUR,
     WECOM_CORP_TICKETS_PER_HOUR,
+    WECOM_COUNTED_APIS,
     HourlyLimits,
     UpstreamUsage,
     next_china_midnight,
@@ -96,6 +98,8 @@ class AccountStatus:
     token_expires_in: float | None
     ticket_age: float | None
     token_age: float | None
+    agent_ticket_expires_in: float | None
+    agent_ticket_age: float | None
     last_refresh: float | None
     last_error: str | None
     errcode: int | None
@@ -533,8 +537,26 @@ class AccountCredentials:
                         self.account.name, exc, serving, self._blocked_until - now)  # fmt: skip
 
     async def calls_today(self) -> dict[str, int]:
-        """Upstream calls per API today (China time) for this account, across the fleet."""
-        return {} if self._usage is None else await self._usage.today(self._cache, self.account.key)
+        """Upstream calls per API today (China time) for this account, across the fleet: the APIs it uses."""
+        if self._usage is None:
+            return {}
+        account = self.account
+        apis: tuple[str, ...] = WECOM_COUNTED_APIS if account.wecom else COUNTED_APIS
+        if account.source is not None:  # no token API; the source's reads instead
+            apis = ("token_source", *apis[1:]) if account.wecom else ("token_source", "getticket")
+        return await self._usage.today(self._cache, account.key, apis)
+
+    async def ticket_calls_last_hour(self) -> dict[str, int] | None:
+        """A WeCom app's ticket calls in WeCom's hourly window, across the fleet: its own of each ticket API,
+        and its corp's corp tickets (`get_jsapi_ticket@corp`); None for other accounts."""
+        account = self.account
+        if not account.wecom:
+            return None
+        return {
+            TICKET_API["corp"]: await self._hourly.used(account.key, TICKET_API["corp"]),
+            TICKET_API["agent"]: await self._hourly.used(account.key, TICKET_API["agent"]),
+            f"{TICKET_API['corp']}@corp": await self._hourly.used(account.app_id, TICKET_API["corp"]),
+        }
 
     def next_refresh_delay(self) -> float:
         """Seconds until the background task should look again."""
@@ -571,7 +593,7 @@ class AccountCredentials:
 
     def status(self) -> AccountStatus:
         now = self._clock()
-        ticket, token, error = self._ticket, self._token, self._error
+        ticket, token, agent, error = self._ticket, self._token, self._agent_ticket, self._error
         ticket_ttl, token_ttl = self.ttls(now)
         usable = ticket is not None and ticket.usable(now)
         if usable:
@@ -589,6 +611,8 @@ class AccountCredentials:
             token_expires_in=token_ttl,
             ticket_age=None if ticket is None else round(now - ticket.obtained_at, 1),
             token_age=None if token is None else round(now - token.obtained_at, 1),
+            agent_ticket_expires_in=None if agent is None else round(agent.expires_at - now, 1),
+            agent_ticket_age=None if agent is None else round(now - agent.obtained_at, 1),
             last_refresh=self._last_refresh,
             last_error=None if error is None else str(error),
             errcode=getattr(error, "errcode", None),

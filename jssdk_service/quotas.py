@@ -22,6 +22,8 @@ CHINA_UTC_OFFSET = 8 * 3600
 KNOWN_DAILY_QUOTAS = {"token": 2000, "stable_token": 500_000}
 QUOTA_WARNING = 0.8
 COUNTED_APIS = ("token", "stable_token", "getticket")
+# What the admin API counts for the other kinds and sources: the calls each makes.
+WECOM_COUNTED_APIS = ("gettoken", "get_jsapi_ticket", "get_agent_ticket")
 # A forced stable token (`force_refresh: true`): 20 a day, 30 s apart.
 FORCED_REFRESHES_PER_DAY = 20
 FORCED_REFRESH_SPACING = 30.0
@@ -66,9 +68,9 @@ class UpstreamUsage:
                 self._warned.add(key)
                 log.warning("app=%s %s calls today: %d of the daily quota of %d", app_id, api, count, quota)
 
-    async def today(self, cache: SharedCache, app_id: str) -> dict[str, int]:
-        """Calls to each API today (China time) for `app_id`, across the fleet."""
-        return {api: await cache.counter(self._key(app_id, api)) for api in COUNTED_APIS}
+    async def today(self, cache: SharedCache, app_id: str, apis: tuple[str, ...] = COUNTED_APIS) -> dict[str, int]:
+        """Calls to each of `apis` today (China time) for `app_id`, across the fleet."""
+        return {api: await cache.counter(self._key(app_id, api)) for api in apis}
 
     def _key(self, app_id: str, api: str) -> str:
         return f"{app_id}:calls:{api}:{china_day(self._clock())}"
@@ -154,6 +156,13 @@ class HourlyLimits:
                 self._warned[(scope, api)] = current
                 log.warning("%s: %d %s calls in the last hour, of WeCom's limit of %d", scope, used, api, limit)
         return None
+
+    async def used(self, scope: str, api: str) -> int:
+        """Calls of `api` booked for `scope` in the window `book` keeps (the last hour and up to ten minutes)."""
+        current = int(self._clock() // BUCKET)
+        return sum(
+            [await self._cache.counter(_bucket_key(scope, api, b)) for b in range(current - BUCKETS + 1, current + 1)]
+        )
 
 
 def _bucket_key(scope: str, api: str, bucket: int) -> str:

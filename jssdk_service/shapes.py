@@ -276,7 +276,8 @@ class AdminApp(_Closed):
 
     app: str
     app_id: str
-    token_api: Literal["stable", "classic"]
+    kind: Literal["official", "wecom"]
+    token_source: Literal["secret", "external"]
     ready: bool
     reason: str
     token: Lifetime
@@ -286,9 +287,28 @@ class AdminApp(_Closed):
     errcode: int | None
     fix: str | None
     upstream_calls_today: Annotated[
-        dict[str, Count], msgspec.Meta(description="Calls to each WeChat API since midnight China time, the fleet's")
+        dict[str, Count],
+        msgspec.Meta(
+            description="Calls to each upstream API the account uses (token_source: reads of its external "
+            "source) since midnight China time, the fleet's"
+        ),
     ]
     forced_token_refreshes_today: Count
+    token_api: Literal["stable", "classic"] | None = None
+    """An official account's token API when it fetches its own token."""
+    agent_ticket: Lifetime | None = None
+    """A WeCom app's agent ticket (`ticket` is then its corp ticket)."""
+    ticket_calls_last_hour: (
+        Annotated[
+            dict[str, Count],
+            msgspec.Meta(
+                description="A WeCom app's ticket calls in WeCom's hourly window, the fleet's: its own "
+                "get_jsapi_ticket and get_agent_ticket (100 an hour each) and its corp's "
+                "get_jsapi_ticket@corp (400 an hour)"
+            ),
+        ]
+        | None
+    ) = None
 
 
 class AdminApps(_Closed):

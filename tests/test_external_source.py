@@ -79,7 +79,7 @@ async def test_external_accounts_of_both_kinds_never_call_a_token_api(
     service = await start_service(accounts=(
         make_account(secret=None, source=from_url(base, APP_ID)),
         make_wecom_account(secret=None, source=from_url(base, WECOM_KEY)),
-    ))  # fmt: skip
+    ), admin_token=Secret(ADMIN))  # fmt: skip
     requests = [sign(http, service.url, f"{PAGE}?n={i}", "main") for i in range(150)]
     async with http.get(f"{service.url}/v1/share", params={"url": PAGE, "app": "wecom"}) as response:
         wecom_share = await response.json()
@@ -94,7 +94,13 @@ async def test_external_accounts_of_both_kinds_never_call_a_token_api(
     assert (sandbox.count("getticket"), sandbox.count("get_jsapi_ticket"), sandbox.count("get_agent_ticket")) == (
         1, 1, 1,
     )  # fmt: skip
-    assert BEARER not in all_logs.text
+    async with http.get(f"{service.url}/admin/apps", headers={"Authorization": f"Bearer {ADMIN}"}) as response:
+        apps = {entry["app"]: entry for entry in (await response.json())["apps"]}
+    assert (apps["main"]["tokenSource"], apps["main"]["upstreamCallsToday"]) == (
+        "external", {"token_source": 1, "getticket": 1},
+    )  # fmt: skip
+    assert apps["wecom"]["upstreamCallsToday"] == {"token_source": 1, "get_jsapi_ticket": 1, "get_agent_ticket": 1}
+    assert BEARER not in all_logs.text + str(apps)
     assert not any(token.value in all_logs.text for token in (await server.current(APP_ID),
                                                               await server.current(WECOM_KEY)))  # fmt: skip
 

@@ -204,7 +204,19 @@ async def test_forced_refreshes_never_exceed_the_hourly_limits(
     status, share = await get(http, f"{both.url}/v1/share", url=PAGE, app="wecom")
     assert status == 200 and verifies(sandbox, share["config"])
     assert agent_verdict(sandbox, share["agentConfig"])["errMsg"] == "agentConfig:ok"
-    text = all_logs.text + str(limited)
+    # The admin API shows how much of the hour is spent, and both tickets' lifetimes.
+    async with http.get(f"{both.url}/admin/apps", headers=headers) as response:
+        apps = {entry["app"]: entry for entry in (await response.json())["apps"]}
+    wecom, main = apps["wecom"], apps["main"]
+    assert (wecom["kind"], wecom["tokenSource"], "tokenApi" in wecom) == ("wecom", "secret", False)
+    assert wecom["ticketCallsLastHour"] == {"get_jsapi_ticket": 100, "get_agent_ticket": 100,
+                                            "get_jsapi_ticket@corp": 100}  # fmt: skip
+    assert wecom["upstreamCallsToday"] == {"gettoken": 1, "get_jsapi_ticket": 100, "get_agent_ticket": 100}
+    assert wecom["agentTicket"]["expiresIn"] > 7000 and wecom["ticket"]["expiresIn"] > 7000
+    assert (main["kind"], main["tokenApi"], "agentTicket" in main, "ticketCallsLastHour" in main) == (
+        "official", "stable", False, False,
+    )  # fmt: skip
+    text = all_logs.text + str(limited) + str(apps)
     assert WECOM_SECRET not in text
     assert not any(t.value in text for t in sandbox.corp_tickets(WECOM_KEY) + sandbox.agent_tickets(WECOM_KEY))
 
