@@ -13,6 +13,7 @@ import pytest
 
 from jssdk_service.config import Secret
 from jssdk_service.sandbox import WeChatSandbox
+from jssdk_service.sandbox_wecom import SandboxWeComApp
 
 from .helpers import (
     AGENT_ID,
@@ -238,3 +239,20 @@ async def test_wecom_errors_reach_readyz_with_their_fix(
     assert reasons["wecom"]["errcode"] == 40001 and "secret" in reasons["wecom"]["fix"]
     assert reasons["other"]["errcode"] == 40013 and "corp" in reasons["other"]["fix"].lower()
     assert "not-the-apps-secret" not in str(readiness) and WECOM_SECRET not in str(readiness)
+
+
+async def test_a_caller_outside_the_apps_ip_whitelist_is_told_its_ip(
+    start_service: ServiceFactory, sandbox: WeChatSandbox, http: aiohttp.ClientSession
+) -> None:
+    """WeCom's 60020 (企业可信IP): refused, not retried, and /readyz names the IP to add."""
+    sandbox.add_wecom_app(SandboxWeComApp(corp_id=CORP_ID, agent_id="1000009", secret="fenced-app-secret-0123",
+                                          ip_whitelist=frozenset({"10.9.9.9"})))  # fmt: skip
+    fenced = make_wecom_account(name="fenced", agent_id="1000009", secret=Secret("fenced-app-secret-0123"))
+    service = await start_service(accounts=(fenced,))
+    status, body = await get(http, f"{service.url}/v1/signature", url=PAGE)
+    assert (status, body["error"]["code"]) == (503, "upstream_rejected")
+    async with http.get(f"{service.url}/readyz") as response:
+        (account,) = (await response.json())["accounts"]
+    assert account["errcode"] == 60020
+    assert "127.0.0.1" in account["fix"] and "fenced-app-secret-0123" not in str(account)
+    assert sandbox.count("gettoken") == 1
