@@ -587,6 +587,11 @@ class AccountCredentials:
         return (None if ticket is None else round(ticket.expires_at - now, 1),
                 None if token is None else round(token.expires_at - now, 1))  # fmt: skip
 
+    def agent_ttl(self, now: float) -> float | None:
+        """Seconds until a WeCom app's agent ticket held here expires (None: none held)."""
+        agent = self._agent_ticket
+        return None if agent is None else round(agent.expires_at - now, 1)
+
     def running_tasks(self) -> list[asyncio.Task[Any]]:
         """The refresh and the adoption of news running now, if any (for a clean stop)."""
         return [task for task in (self._flight, self._adopting) if task is not None and not task.done()]
@@ -611,7 +616,7 @@ class AccountCredentials:
             token_expires_in=token_ttl,
             ticket_age=None if ticket is None else round(now - ticket.obtained_at, 1),
             token_age=None if token is None else round(now - token.obtained_at, 1),
-            agent_ticket_expires_in=None if agent is None else round(agent.expires_at - now, 1),
+            agent_ticket_expires_in=self.agent_ttl(now),
             agent_ticket_age=None if agent is None else round(now - agent.obtained_at, 1),
             last_refresh=self._last_refresh,
             last_error=None if error is None else str(error),

@@ -2,7 +2,7 @@
 
     jssdk_upstream_calls_total{app,api,outcome}      every HTTP call to WeChat; outcome is "ok", the
                                                      errcode, "http_<status>" or the exception name
-    jssdk_credential_ttl_seconds{app,kind}           seconds until the token / ticket expires
+    jssdk_credential_ttl_seconds{app,kind}           seconds until the token / ticket (/ WeCom agent_ticket) expires
     jssdk_accounts{state}                            accounts that may sign now ("ready") and not ("unready")
     jssdk_upstream_in_flight, jssdk_upstream_waiting refreshes holding an upstream slot, and waiting for one
     jssdk_http_requests_total{route,status}          requests answered
@@ -245,6 +245,10 @@ async def _per_account_text(
                 f'jssdk_credential_ttl_seconds{{app="{app}",kind="token"}} {"NaN" if token is None else token}\n'
                 f'jssdk_credential_ttl_seconds{{app="{app}",kind="ticket"}} {"NaN" if ticket is None else ticket}\n'
             )
+            if creds.account.wecom:  # its ticket is the corp ticket; the agent ticket is its own
+                agent = creds.agent_ttl(now)
+                value = "NaN" if agent is None else agent
+                lines.append(f'jssdk_credential_ttl_seconds{{app="{app}",kind="agent_ticket"}} {value}\n')
         parts.append("".join(lines).encode())
         await asyncio.sleep(0)
     return parts, ready

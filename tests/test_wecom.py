@@ -26,6 +26,7 @@ from .helpers import (
     evidence,
     make_account,
     make_wecom_account,
+    metric_sample,
     short_lifetimes,
     verifies,
 )
@@ -120,6 +121,12 @@ async def test_share_of_a_wecom_app_has_both_configs_and_three_payloads(
     assert share["timeline"] == {"title": "T", "link": page, "imgUrl": share["appMessage"]["imgUrl"]}
     status, official = await get(http, f"{both.url}/v1/share", url=page, app="main")
     assert status == 200 and set(official) == {"config", "appMessage", "timeline"}
+    async with http.get(f"{both.url}/metrics") as response:
+        text = await response.text()
+    for kind in ("token", "ticket", "agent_ticket"):
+        ttl = metric_sample(text, "jssdk_credential_ttl_seconds", app="wecom", kind=kind)
+        assert ttl is not None and 7000 < ttl <= 7200, kind
+    assert metric_sample(text, "jssdk_credential_ttl_seconds", app="main", kind="agent_ticket") is None
 
 
 async def test_a_cold_burst_costs_one_token_and_one_call_per_ticket(
