@@ -74,8 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _doctor(args, env)
         elif args.command == "check-config":
             settings = load_settings(env, args.config)
-            names = ", ".join(f"{a.name} ({a.app_id})" for a in settings.accounts)
-            print(f"ok: {len(settings.accounts)} account(s): {names}")
+            print(f"ok: {len(settings.accounts)} account(s)")
+            for account in settings.accounts:
+                print(f"  {account.describe()}")
         else:
             return _serve(args, env)
     except ConfigError as exc:

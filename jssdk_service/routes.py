@@ -76,8 +76,16 @@ PUBLIC = [
 
 DEMO = [
     _asset("/demo", demo.page, "The sandbox's demo page", "text/html"),
-    _asset("/demo/sandbox-wx.js", demo.stand_in, "The demo page's stand-in for jweixin", "text/javascript"),
-]
+    _asset("/demo/sandbox-wx.js", demo.stand_in, "The demo page's stand-ins for jweixin", "text/javascript"),
+    Route(method="POST", path="/demo/verify", handler=demo.verify_config, body=demo.ConfigCheck,
+          summary="A wx.config checked by the sandbox as the WeChat or WeCom client checks it",
+          answers=(Answer(status=200, description="What the client reports", shape=demo.Verdict),),
+          errors=(*_BODY, UpstreamUnavailable)),
+    Route(method="POST", path="/demo/verify-agent", handler=demo.verify_agent_config, body=demo.AgentConfigCheck,
+          summary="A WeCom wx.agentConfig checked by the sandbox as the WeCom client checks it",
+          answers=(Answer(status=200, description="What the client reports", shape=demo.Verdict),),
+          errors=(*_BODY, UpstreamUnavailable)),
+]  # fmt: skip
 
 # Mounted at ADMIN_PREFIX as a sub-application; the paths are the full ones.
 ADMIN_PREFIX = "/admin"

@@ -48,6 +48,8 @@ TIMEOUT_FAULT_SECONDS = 30.0
 """How long a token read waits under the "timeout" fault (`stop()` ends the wait)."""
 RENEW_WITHIN = 1 / 5
 """A token is renewed once this share of its life is left."""
+TOKEN_PATH = "/sandbox/central/token"  # noqa: S105 (a path, not a secret)
+"""Where the token is read (`?app=`): what an external account's token_url names."""
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -195,7 +197,7 @@ class CentralTokenServer:
     def routes(self) -> list[web.RouteDef]:
         """The token read and the control routes (see the module docstring)."""
         return [
-            web.get("/sandbox/central/token", self._read),
+            web.get(TOKEN_PATH, self._read),
             web.post("/sandbox/central/rotate", self._rotate),
             web.post("/sandbox/central/revoke", self._revoke),
             web.post("/sandbox/central/fault", self._fault),

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from multiprocessing.connection import Connection
 from typing import Annotated, Any
+from urllib.parse import quote, urlsplit
 
 import msgspec
 import uvloop
@@ -26,17 +27,29 @@ from msgspec import Meta
 
 from jssdk_service import logs
 from jssdk_service.app import create_app
-from jssdk_service.config import Settings, Table, convert, layered, load_settings
+from jssdk_service.config import Account, Settings, Table, TokenURL, convert, layered, load_settings
+from jssdk_service.demo import demo_settings
 from jssdk_service.errors import ConfigError
 from jssdk_service.fastlane import FastLaneListener
 from jssdk_service.keys import LIFECYCLE, STORE
-from jssdk_service.sandbox import DEMO_APP_ID, SandboxAccount, SandboxServer, WeChatSandbox, closed_port_url
+from jssdk_service.sandbox import (
+    DEMO_APP_ID,
+    SandboxAccount,
+    SandboxServer,
+    SandboxWeComApp,
+    WeChatSandbox,
+    closed_port_url,
+)
+from jssdk_service.sandbox_central import TOKEN_PATH as CENTRAL_TOKEN_PATH
+from jssdk_service.sandbox_central import CentralTokenServer
 
 log = logging.getLogger("jssdk_service.server")
 
 DEMO_ALLOWED_HOSTS = "localhost,127.0.0.1,example.com"
 # After the drain: how long connections accepted before the listener closed may still send a request.
 CLOSE_GRACE = 0.5
+# How many accounts the sandbox's start-up line describes (the rest are counted).
+LOGGED_ACCOUNTS = 5
 
 
 Rate = Annotated[float, Meta(ge=0, le=1)]
@@ -84,40 +97,87 @@ def _error_rates(text: str, where: str) -> dict[str, str]:
     return rates
 
 
-def sandbox_environment(env: Mapping[str, str], config_path: str | None) -> dict[str, str]:
-    """`env` plus the demo account when nothing names an account: `serve --sandbox` needs no setup."""
-    merged = dict(env)
-    if not (config_path or env.get("JSSDK_CONFIG") or env.get("JSSDK_APP_ID")):
-        merged.update(
-            JSSDK_APP_ID=DEMO_APP_ID,
-            JSSDK_APP_SECRET=secrets.token_hex(16),
-            JSSDK_ALLOWED_HOSTS=env.get("JSSDK_ALLOWED_HOSTS") or DEMO_ALLOWED_HOSTS,
-            JSSDK_SHARE_TITLE=env.get("JSSDK_SHARE_TITLE") or "jssdk-service demo",
-            JSSDK_SHARE_DESC=env.get("JSSDK_SHARE_DESC") or "A page signed by the jssdk-service sandbox",
-        )
-    return merged
+def sandbox_settings(
+    env: Mapping[str, str], config_path: str | None, *, overrides: Mapping[str, Any] | None = None
+) -> Settings:
+    """The settings of `serve --sandbox`: the configured accounts, or the demo's when nothing names
+    one (no setup needed): the official account as the environment would give it, and the demo
+    WeCom app and external account (`demo.demo_settings`)."""
+    if config_path or env.get("JSSDK_CONFIG") or env.get("JSSDK_APP_ID"):
+        return load_settings(env, config_path, overrides=overrides)
+    demo_env = {
+        **env,
+        "JSSDK_APP_ID": DEMO_APP_ID,
+        "JSSDK_APP_SECRET": secrets.token_hex(16),
+        "JSSDK_ALLOWED_HOSTS": env.get("JSSDK_ALLOWED_HOSTS") or DEMO_ALLOWED_HOSTS,
+        "JSSDK_SHARE_TITLE": env.get("JSSDK_SHARE_TITLE") or "jssdk-service demo",
+        "JSSDK_SHARE_DESC": env.get("JSSDK_SHARE_DESC") or "A page signed by the jssdk-service sandbox",
+    }
+    return demo_settings(load_settings(demo_env, None, overrides=overrides))
 
 
-def build_sandbox(settings: Settings, options: SandboxOptions) -> WeChatSandbox:
-    """An emulator that knows every configured account and its secret."""
+def build_sandbox(settings: Settings, options: SandboxOptions) -> tuple[WeChatSandbox, CentralTokenServer | None]:
+    """An emulator that knows every configured account, and the central token server of the
+    external accounts whose token_url names it (`at_central`).
+
+    Official accounts and WeCom apps are known with their secrets; an external account holds none,
+    so the emulator knows it with a secret nobody is told (only the central server mints its tokens).
+    """
+
+    def secret(account: Account) -> str:
+        return secrets.token_hex(16) if account.secret is None else account.secret.reveal()
+
     sandbox = WeChatSandbox(
-        [SandboxAccount(app_id=a.app_id, secret=a.reveal_secret()) for a in settings.accounts],
+        [SandboxAccount(app_id=a.app_id, secret=secret(a)) for a in settings.accounts if not a.wecom],
+        wecom_apps=[SandboxWeComApp(corp_id=a.app_id, agent_id=a.agent_id or "", secret=secret(a))
+                    for a in settings.accounts if a.wecom],
         token_expires_in=options.expires_in,
         ticket_expires_in=options.expires_in,
-    )
+    )  # fmt: skip
     faults = sandbox.faults
     faults.error_rates = dict(options.error_rates)
     faults.http500_rate, faults.reset_rate, faults.delay = options.http500_rate, options.reset_rate, options.delay
-    return sandbox
+    readers = [a for a in settings.accounts if at_central(a)]
+    if not readers:
+        return sandbox, None
+    return sandbox, CentralTokenServer(sandbox, [a.key for a in readers], bearer=_central_bearer(readers))
+
+
+def at_central(account: Account) -> bool:
+    """Whether `account` reads its token from the sandbox's central token server: its token_url has
+    the server's path (whatever the host: the sandbox's port is chosen when it starts)."""
+    return isinstance(account.source, TokenURL) and urlsplit(account.source.url).path == CENTRAL_TOKEN_PATH
+
+
+def _central_bearer(readers: list[Account]) -> str | None:
+    """The bearer the central token server asks for: the one its readers send (None: they send none)."""
+    bearers = {a.source.auth.reveal() if isinstance(a.source, TokenURL) and a.source.auth else None for a in readers}
+    if len(bearers) > 1:
+        raise ConfigError("--sandbox", f"the sandbox's central token server ({CENTRAL_TOKEN_PATH}) takes one "
+                          "bearer: give each token_url naming it the same token_url_auth_env (or none)")  # fmt: skip
+    return bearers.pop()
+
+
+def _read_from(account: Account, base: str) -> Account:
+    """`account` reading its token from the central token server of the sandbox at `base`."""
+    assert isinstance(account.source, TokenURL)
+    url = f"{base}{CENTRAL_TOKEN_PATH}?app={quote(account.key, safe='')}"
+    return replace(account, source=TokenURL(url=url, auth=account.source.auth))
 
 
 async def start_sandbox(settings: Settings, options: SandboxOptions) -> tuple[SandboxServer, Settings]:
-    """Serve the emulator on loopback and point `settings` at it (behind a dead base if asked)."""
-    server = SandboxServer(build_sandbox(settings, options))
+    """Serve the emulator on loopback and point `settings` at it (behind a dead base if asked): its
+    WeChat and WeCom APIs, and its central token server for the accounts that read from it."""
+    sandbox, central = build_sandbox(settings, options)
+    server = SandboxServer(sandbox, central=central)
     base = await server.start()
     bases = (closed_port_url(), base) if options.dead_base else (base,)
-    log.info("sandbox: WeChat emulator at %s; demo appId %s", base, settings.accounts[0].app_id)
-    return server, replace(settings, api_bases=bases)
+    accounts = tuple(_read_from(a, base) if at_central(a) else a for a in settings.accounts)
+    settings = replace(settings, api_bases=bases, wecom_api_bases=bases, accounts=accounts)
+    listed = "; ".join(a.describe() for a in accounts[:LOGGED_ACCOUNTS])
+    more = f"; and {len(accounts) - LOGGED_ACCOUNTS} more" if len(accounts) > LOGGED_ACCOUNTS else ""
+    log.info("sandbox: WeChat and WeCom emulator at %s; accounts: %s%s", base, listed, more)
+    return server, settings
 
 
 class Signals:
@@ -405,8 +465,9 @@ def run(
     """Load the settings (`overrides`: `[service]` values from flags) and serve them on uvloop, in one
     process or `workers`."""
     if sandbox is not None:
-        env = sandbox_environment(env, config_path)
-    settings = load_settings(env, config_path, overrides=overrides)
+        settings = sandbox_settings(env, config_path, overrides=overrides)
+    else:
+        settings = load_settings(env, config_path, overrides=overrides)
     if workers > 1 and settings.cache_url.startswith("memory:"):
         raise ConfigError(
             "--workers",

@@ -82,8 +82,9 @@ async def fetch(port: int, target: str, *, within: float = 5.0) -> Answer:
 
 
 async def wait_signing(port: int, process: Process) -> None:
-    """Until /v1/signature answers 200 on `port`."""
-    await wait_answering(process, f"http://127.0.0.1:{port}{SIGN_TARGET}", seconds=30.0)
+    """Until /v1/signature answers 200 on `port`, and /readyz too (the sandbox's other demo accounts are ready)."""
+    for target in (SIGN_TARGET, "/readyz"):
+        await wait_answering(process, f"http://127.0.0.1:{port}{target}", seconds=30.0)
 
 
 @dataclass
