@@ -72,15 +72,16 @@ async def test_external_accounts_of_both_kinds_never_call_a_token_api(
     start_service: ServiceFactory, sandbox: WeChatSandbox, central: tuple[CentralTokenServer, str],
     http: aiohttp.ClientSession, all_logs: pytest.LogCaptureFixture,
 ) -> None:  # fmt: skip
-    """A cold burst on an official account and a WeCom app that read their token from the central server:
-    one source read and one call per ticket each, no token API at all, and the bearer never shown."""
+    """A cold burst of 300 requests each on an official account and a WeCom app that read their token from
+    the central server: one source read and one call per ticket each, no token API at all, and the bearer
+    never shown."""
     server, base = central
     sandbox.faults.delay = 0.2
     service = await start_service(accounts=(
         make_account(secret=None, source=from_url(base, APP_ID)),
         make_wecom_account(secret=None, source=from_url(base, WECOM_KEY)),
     ), admin_token=Secret(ADMIN))  # fmt: skip
-    requests = [sign(http, service.url, f"{PAGE}?n={i}", "main") for i in range(150)]
+    requests = [sign(http, service.url, f"{PAGE}?n={i}", ("main", "wecom")[i % 2]) for i in range(600)]
     async with http.get(f"{service.url}/v1/share", params={"url": PAGE, "app": "wecom"}) as response:
         wecom_share = await response.json()
         assert response.status == 200, wecom_share
