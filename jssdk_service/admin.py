@@ -31,7 +31,13 @@ from jssdk_service.config import Account, Secret
 from jssdk_service.endpoint import Handler, flag, json_response
 from jssdk_service.errors import HourlyLimited, RefreshLimited, Unauthorized, UnknownApp
 from jssdk_service.keys import ADMIN_DIGEST, CACHE, CLOCK, SETTINGS, STORE
-from jssdk_service.quotas import FORCED_REFRESH_SPACING, FORCED_REFRESHES_PER_DAY, ForcedRefreshes
+from jssdk_service.quotas import (
+    FORCED_REFRESH_SPACING,
+    FORCED_REFRESHES_PER_DAY,
+    WECOM_APP_TICKETS_PER_HOUR,
+    WECOM_CORP_TICKETS_PER_HOUR,
+    ForcedRefreshes,
+)
 from jssdk_service.shapes import AdminApp, AdminApps, AdminRefresh, Lifetime, TicketFingerprint
 
 log = logging.getLogger("jssdk_service.admin")
@@ -104,13 +110,21 @@ async def refresh(request: web.Request) -> web.Response:
         next_allowed = await ForcedRefreshes(config[CACHE]).book(account.key, clock())
         if next_allowed is not None:
             raise _refresh_limited(next_allowed, clock())
+    creds = config[STORE][account.key]
+    spent = await creds.ticket_limits_spent()
+    if spent is not None:  # before any call: a new token first would be a gettoken for nothing
+        raise RefreshLimited(
+            f"WeCom allows {WECOM_APP_TICKETS_PER_HOUR} calls of each ticket API an hour per app and "
+            f"{WECOM_CORP_TICKETS_PER_HOUR} corp tickets per corp: the last hour used them",
+            retry_after=max(1, math.ceil(spent)),
+        )
     log.info(
         "admin: app=%s refresh of the %s requested",
         account.name,
         "access_token and jsapi_ticket" if new_token else "jsapi_ticket",
     )
     try:
-        ticket = await config[STORE][account.key].refresh(force=True, new_token=new_token)
+        ticket = await creds.refresh(force=True, new_token=new_token)
     except HourlyLimited as exc:  # a forced refresh may not spend WeCom's hourly ticket limits either
         raise RefreshLimited(str(exc), retry_after=max(1, math.ceil(exc.retry_after or 1))) from None
     answer = AdminRefresh(

@@ -196,6 +196,10 @@ class TokenRedisKey:
     redis_url: str | None = None
     """None: the service's own Redis (`JSSDK_CACHE_URL`)."""
 
+    def __repr__(self) -> str:
+        redis = None if self.redis_url is None else _USERINFO.sub("//", self.redis_url)
+        return f"TokenRedisKey(key={self.key!r}, redis_url={redis!r})"
+
     @property
     def where(self) -> str:
         return f"Redis key {self.key!r}"
@@ -405,7 +409,8 @@ def convert(data: Mapping[str, Any], table: type[T], name_of: Callable[[FieldPat
 
 
 _LOCATION = re.compile(r"(?P<problem>.*?)(?: - at `(?:key` in `)?\$(?P<at>[^`]*?)(?:\[\.\.\.\])?`)?", re.DOTALL)
-_USERINFO = re.compile(r"//[^/@]*@")
+# A URL's user and password: up to its last "@" before any query or fragment (a password may hold "/").
+_USERINFO = re.compile(r"//[^?#]*@")
 _PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 _KEY_PROBLEM = re.compile(r"Object (?:(?P<unknown>contains unknown)|missing required) field (?P<key>.+)")
 

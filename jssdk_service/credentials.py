@@ -51,6 +51,7 @@ from jssdk_service.errors import (
     UpstreamUnavailable,
 )
 from jssdk_service.quotas import (
+    BUCKET,
     COUNTED_APIS,
     WECOM_APP_TICKETS_PER_HOUR,
     WECOM_CORP_TICKETS_PER_HOUR,
@@ -480,6 +481,16 @@ class AccountCredentials:
         """The token the external `source` hands out now."""
         if isinstance(source, TokenURL):
             return await self._client.fetch_source_token(key=self.account.key, source=source, turn=turn)
+        try:
+            token = await self._read_redis_source(source)
+        except TokenSourceFailed:
+            self._client.observe(self.account.key, "token_source", "failed")
+            raise
+        self._client.observe(self.account.key, "token_source", "ok")
+        return token
+
+    async def _read_redis_source(self, source: TokenRedisKey) -> AccessToken:
+        """The token in `source`'s Redis key, in the shapes `tokens.external_token` accepts."""
         keys = self._rules.source_keys.get(source.redis_url)
         if keys is None:
             raise TokenSourceFailed(f"token source {source.where}: no Redis is open for it", app_id=self.account.key)
@@ -545,6 +556,20 @@ class AccountCredentials:
         if account.source is not None:  # no token API; the source's reads instead
             apis = ("token_source", *apis[1:]) if account.wecom else ("token_source", "getticket")
         return await self._usage.today(self._cache, account.key, apis)
+
+    async def ticket_limits_spent(self) -> float | None:
+        """A WeCom app whose hourly ticket limits are spent (its own, or its corp's): about the seconds
+        until a call may fit again (the next bucket); None when one fits now, and for other accounts."""
+        calls = await self.ticket_calls_last_hour()
+        if calls is None:
+            return None
+        corp, agent = TICKET_API["corp"], TICKET_API["agent"]
+        if max(calls[corp], calls[agent]) < WECOM_APP_TICKETS_PER_HOUR and calls[f"{corp}@corp"] < (
+            WECOM_CORP_TICKETS_PER_HOUR
+        ):
+            return None
+        now = self._clock()
+        return BUCKET - now % BUCKET
 
     async def ticket_calls_last_hour(self) -> dict[str, int] | None:
         """A WeCom app's ticket calls in WeCom's hourly window, across the fleet: its own of each ticket API,

@@ -309,6 +309,11 @@ class WeChatClient:
         # When every base is cooling, try them all, the one that cools first first.
         return ready or sorted(bases, key=lambda base: self._cooling_until.get(base, 0.0))
 
+    def observe(self, app_id: str, api: str, outcome: str) -> None:
+        """Tell the call observers (metrics, the daily counts) of a call made elsewhere: a token source's
+        read from Redis."""
+        self._observe(app_id, api, outcome)
+
     def _observe(self, app_id: str, api: str, outcome: str) -> None:
         for observer in self._observers:
             observer(app_id, api, outcome)

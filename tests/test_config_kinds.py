@@ -26,7 +26,7 @@ corp_id = "ww0123456789abcdef"
 agent_id = "1000003"
 token_source = "external"
 token_redis_key = "central:crm:token"
-token_redis_url = "redis://10.0.0.5:6379/2"
+token_redis_url = "redis://:pa/ss@word@10.0.0.5:6379/2"
 allowed_hosts = ["crm.example.com"]
 
 [[accounts]]
@@ -55,7 +55,7 @@ def test_every_kind_and_source_from_toml(tmp_path: Path) -> None:
                                                          "ww0123456789abcdef:1000002")  # fmt: skip
     assert hr.reveal_secret() == "hr-app-secret" and hr.source is None
     assert hr.js_api_list == ("onMenuShareAppMessage", "onMenuShareWechat", "onMenuShareTimeline")
-    assert crm.source == TokenRedisKey(key="central:crm:token", redis_url="redis://10.0.0.5:6379/2")
+    assert crm.source == TokenRedisKey(key="central:crm:token", redis_url="redis://:pa/ss@word@10.0.0.5:6379/2")
     assert crm.secret is None
     with pytest.raises(ValueError, match="holds no secret"):
         crm.reveal_secret()
@@ -65,7 +65,8 @@ def test_every_kind_and_source_from_toml(tmp_path: Path) -> None:
     # Found by name or by key; two apps of one corp are two accounts.
     assert settings.account("hr") is hr and settings.account("ww0123456789abcdef:1000003") is crm
     assert settings.account("ww0123456789abcdef") is None
-    shown = repr(settings) + repr(shop.source)
+    shown = repr(settings) + repr(shop.source) + repr(crm) + crm.describe()
+    assert "pa/ss" not in shown and "10.0.0.5:6379/2" in shown
     assert "central-bearer-value" not in shown and "hr-app-secret" not in shown and "?app=" not in shown
 
 
@@ -82,8 +83,8 @@ def test_every_kind_and_source_from_toml(tmp_path: Path) -> None:
         (('token_redis_key = "central:crm:token"', 'token_redis_key = "k"\nsecret_env = "HR_SECRET"'),
          "accounts[1].secret_env", 'not used with token_source = "external"'),
         (('token_redis_key = "central:crm:token"\n', ""), "accounts[1].token_source", "exactly one of"),
-        (('token_redis_url = "redis://10.0.0.5:6379/2"\n', ""), "accounts[1].token_redis_key", "needs a Redis"),
-        (('token_redis_url = "redis://10.0.0.5:6379/2"', 'token_redis_url = "http://x"'),
+        (('token_redis_url = "redis://:pa/ss@word@10.0.0.5:6379/2"\n', ""), "accounts[1].token_redis_key", "needs a Redis"),
+        (('token_redis_url = "redis://:pa/ss@word@10.0.0.5:6379/2"', 'token_redis_url = "http://x"'),
          "accounts[1].token_redis_url", ""),
         (('token_url = "https://central.internal/token?app=wx1111111111111111"', 'token_url = "ftp://x"'),
          "accounts[2].token_url", ""),
@@ -107,7 +108,7 @@ def test_each_kind_and_source_names_what_is_wrong(tmp_path: Path, edit: tuple[st
 
 def test_a_token_redis_key_may_use_the_services_own_redis(tmp_path: Path) -> None:
     """Without token_redis_url the key is read from JSSDK_CACHE_URL's Redis."""
-    text = KINDS.replace('token_redis_url = "redis://10.0.0.5:6379/2"\n', "")
+    text = KINDS.replace('token_redis_url = "redis://:pa/ss@word@10.0.0.5:6379/2"\n', "")
     settings = load_settings({"HR_SECRET": "x", "JSSDK_CACHE_URL": "redis://127.0.0.1:6379/0"}, write(tmp_path, text))
     assert settings.accounts[1].source == TokenRedisKey(key="central:crm:token", redis_url=None)
 

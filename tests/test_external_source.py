@@ -216,6 +216,7 @@ async def test_a_token_kept_in_redis_is_read_with_its_ttl(
         assert sandbox.count("getticket") >= 2
         assert sandbox.count("getticket", ok_only=True) == sandbox.count("getticket")
         assert token_calls(sandbox) == 0
+        assert (await service.credentials().calls_today())["token_source"] >= 2  # its reads are counted too
         missing = await start_service(accounts=(
             make_account(secret=None, source=TokenRedisKey(key="nobody:writes:this", redis_url=redis_server.url)),
         ))  # fmt: skip
@@ -254,7 +255,6 @@ secret_env = "WECOM_APP_SECRET"
 allowed_hosts = ["example.com"]
 """)
     sandbox.faults.delay = 0.2
-    started = time.monotonic()
     urls = await fleet(2, JSSDK_CONFIG=str(config), JSSDK_APP_ID="", JSSDK_APP_SECRET="", JSSDK_ALLOWED_HOSTS="",
                        JSSDK_ADMIN_TOKEN=ADMIN, CENTRAL_BEARER=BEARER, WECOM_APP_SECRET=WECOM_SECRET)  # fmt: skip
     calls = [http.get(f"{url}{path}", params={"url": PAGE, "app": app})
@@ -266,7 +266,6 @@ allowed_hosts = ["example.com"]
             return int(response.status)
 
     assert set(await asyncio.gather(*(status_of(c) for c in calls))) == {200}
-    assert time.monotonic() - started < 30
     assert server.reads[APP_ID] == 1
     assert token_calls(sandbox) == 1 and sandbox.count("gettoken") == 1
     assert (sandbox.count("getticket"), sandbox.count("get_jsapi_ticket"), sandbox.count("get_agent_ticket")) == (

@@ -71,11 +71,9 @@ async def test_a_cold_start_of_300_accounts_of_every_kind(
     sandbox = crowd.sandbox
     service = await start_service(accounts=crowd.accounts, api_bases=(crowd.url,), wecom_api_bases=(crowd.url,),
                                   upstream_concurrency=8)  # fmt: skip
-    for name in ("w99", "e99", "s99"):  # the last of each kind, hurried ahead of the rest
-        started = time.monotonic()
+    for name in ("w99", "e99", "s99"):  # the last of each kind, hurried ahead of the rest (else 503 after 5 s)
         async with http.get(f"{service.url}/v1/share", params={"url": PAGE, "app": name}) as response:
             assert response.status == 200, await response.text()
-        assert time.monotonic() - started < 5
     deadline = time.monotonic() + 90
     while True:
         async with http.get(f"{service.url}/readyz") as response:

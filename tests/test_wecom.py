@@ -160,7 +160,7 @@ async def test_steady_traffic_across_short_lifetimes(
         assert agent_verdict(sandbox, share["agentConfig"], page)["errMsg"] == "agentConfig:ok"
         answered += 1
         await asyncio.sleep(0.05)
-    assert answered > 50
+    assert answered > 20
     for api in ("get_jsapi_ticket", "get_agent_ticket"):
         assert 3 <= sandbox.count(api) <= 8, api
         assert sandbox.count(api, ok_only=True) == sandbox.count(api)
@@ -201,10 +201,15 @@ async def test_forced_refreshes_never_exceed_the_hourly_limits(
                 retry_after = int(response.headers["Retry-After"])
     assert statuses == [200] * 99 + [429]
     assert limited["error"]["code"] == "refresh_limited"
-    assert "100 get_jsapi_ticket calls an hour per app" in limited["error"]["message"]
+    assert "100 calls of each ticket API an hour per app" in limited["error"]["message"]
     assert 0 < retry_after <= 3600 + 600
     assert sandbox.count("get_jsapi_ticket") == sandbox.count("get_agent_ticket") == 100
     assert not [c for c in sandbox.calls if c.errcode == 45009]
+    # Spent: a forced refresh with a new token is refused before any call, gettoken included.
+    async with http.post(refresh, params={"token": "1"}, headers=headers) as response:
+        assert (response.status, (await response.json())["error"]["code"]) == (429, "refresh_limited")
+        assert 0 < int(response.headers["Retry-After"]) <= 600
+    assert sandbox.count("gettoken") == 1 and sandbox.count("get_jsapi_ticket") == 100
     warnings = [
         r.getMessage() for r in all_logs.records if r.levelno == logging.WARNING and "WeCom's limit" in r.getMessage()
     ]

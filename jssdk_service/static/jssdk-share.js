@@ -280,6 +280,7 @@
       return call;
     }
 
+    // jweixin-1.2.0 defines wx.invoke and wx.on once wx.config has been called: check after it.
     wx.config(configObject(config, options, WECOM_SHARE_APIS, true));
     if (typeof wx.invoke !== 'function' || typeof wx.on !== 'function') {
       run.refuse('JssdkShare.init: in WeCom wx needs invoke and on; load jweixin (res.wx.qq.com) first');
@@ -310,8 +311,9 @@
 
   // jweixin drops a call made before the client injected its bridge; its own calls wait for this event.
   function whenBridge(callback) {
-    if (window.WeixinJSBridge || !document || !document.addEventListener) callback();
-    else document.addEventListener('WeixinJSBridgeReady', callback, false);
+    var page = window.document;
+    if (window.WeixinJSBridge || !page || !page.addEventListener) callback();
+    else page.addEventListener('WeixinJSBridgeReady', callback, false);
   }
 
   // wx.invoke hands over the client's own answer: errMsg, or err_msg as the bridge spells it.
