@@ -94,6 +94,7 @@ class Evidence:
 
     url: str
     app_id: str | None = None
+    agent_id: str | None = None
     signature: str | None = None
     nonce: str | None = None
     timestamp: int | None = None
@@ -124,6 +125,7 @@ def evidence_from_body(body: shapes.Evidence) -> Evidence:
     return Evidence(
         url=body.url,
         app_id=body.app_id or None,
+        agent_id=body.agent_id or None,
         signature=body.signature.lower() if body.signature else None,
         nonce=body.nonce_str or None,
         timestamp=int(timestamp) if timestamp not in (None, "") else None,

@@ -125,6 +125,8 @@ async def _diagnose(app: web.Application, evidence: Evidence) -> tuple[tuple[Acc
     page = page_url(evidence.url)
     settings, store = app[SETTINGS], app[STORE]
     named = settings.account(evidence.app_id)
+    if named is None and evidence.app_id and evidence.agent_id:  # wx.agentConfig's corpid and agentid: one app
+        named = settings.account(f"{evidence.app_id}:{evidence.agent_id}")
     meant = (named,) if named is not None else settings.corp_apps(evidence.app_id or "")[:MAX_CORP_APPS]
     # MAX_OTHERS more than the accounts meant (at least one): they may be among them.
     covering = _signing_for(app[SIGNERS], page.host, limit=MAX_OTHERS + max(1, len(meant)))

@@ -119,6 +119,13 @@ class Evidence(_Closed):
     url: Annotated[str, _EVIDENCE_URL]
     landing_url: Annotated[str, _EVIDENCE_URL] | None = None
     app_id: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    agent_id: (
+        Annotated[
+            str,
+            msgspec.Meta(pattern="^[0-9]{0,19}$", description="wx.agentConfig's agentid, when that call failed"),
+        ]
+        | None
+    ) = None
     signature: Annotated[str, msgspec.Meta(max_length=128)] | None = None
     nonce_str: Annotated[str, msgspec.Meta(max_length=128)] | None = None
     timestamp: (

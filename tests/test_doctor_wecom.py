@@ -261,6 +261,17 @@ async def test_every_app_of_the_corp_is_tried(
     answer = await ask(http, service, url=PAGE, errMsg=AGENT_INVALID_SIGNATURE, **{**agent, "appId": WECOM_KEY})
     assert codes(answer) == ["app_id_mismatch"]
     assert "agent ticket of hr" in by_code(answer, "app_id_mismatch")["message"]
+    # As the page says it: wx.agentConfig's corpid and agentid, and another app's agent ticket signed.
+    answer = await ask(http, service, url=PAGE, errMsg=AGENT_INVALID_SIGNATURE,
+                       **{**agent, "appId": CORP_ID, "agentId": AGENT_ID})  # fmt: skip
+    assert codes(answer) == ["app_id_mismatch"]
+    assert "agent ticket of hr" in by_code(answer, "app_id_mismatch")["message"]
+    answer = await ask(http, service, url=PAGE, errMsg=AGENT_INVALID_SIGNATURE,
+                       **{**agent, "appId": CORP_ID, "agentId": HR_AGENT_ID})  # fmt: skip
+    assert codes(answer) == ["signature_valid"]
+    bad = {"url": PAGE, "appId": CORP_ID, "agentId": "not-a-number"}
+    async with http.post(f"{service.url}/v1/doctor", json=bad) as response:
+        assert (response.status, (await response.json())["error"]["code"]) == (400, "invalid_request")
 
 
 async def test_a_wecom_report_is_diagnosed_and_counted_for_the_app(

@@ -265,8 +265,8 @@
             agentConfigured = true;
             check();
           } else {
-            run.fail(errMsg, { appId: agent.corpid, signature: agent.signature, nonceStr: agent.nonceStr,
-                               timestamp: agent.timestamp });
+            run.fail(errMsg, { appId: agent.corpid, agentId: agent.agentid, signature: agent.signature,
+                               nonceStr: agent.nonceStr, timestamp: agent.timestamp });
           }
         });
       });
@@ -336,6 +336,7 @@
       url: context.page,
       landingUrl: landingUrl,
       appId: evidence.appId,
+      agentId: evidence.agentId,
       signature: evidence.signature,
       nonceStr: evidence.nonceStr,
       timestamp: evidence.timestamp,

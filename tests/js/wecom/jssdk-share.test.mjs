@@ -88,9 +88,9 @@ test('the bridge refuses wx.agentConfig signed with the corp ticket: reported, a
   assert.deepEqual({ signature, nonceStr, timestamp }, { signature: agent.params.signature, nonceStr: agent.params.nonceStr,
                                                          timestamp: agent.params.timestamp });
   assert.deepEqual(rest, { url: 'https://example.com/p?x=1', landingUrl: 'https://example.com/p?x=1', appId: CORP_ID,
-                           userAgent: WECOM_IOS, errMsg: 'agentConfig:invalid signature' });
-  // The service took the report (a refused one leaves findings empty).
-  assert.ok(error.findings.length > 0);
+                           agentId: AGENT_ID, userAgent: WECOM_IOS, errMsg: 'agentConfig:invalid signature' });
+  // The service took the report (a refused one leaves findings empty), and named the swap.
+  assert.ok(error.findings.some((finding) => finding.code === 'corp_ticket_for_agent_config'), JSON.stringify(error.findings));
 });
 
 test('on a client before 3.0.24 a refused wx.config is reported, and wx.agentConfig is never called', async () => {
