@@ -411,10 +411,8 @@ class AccountCredentials:
         """One ticket call; a WeCom one only once booked against WeCom's hourly limits."""
         account = self.account
         if kind != "jsapi":
-            app_limit = (account.key, WECOM_APP_TICKETS_PER_HOUR)
-            scopes = (app_limit, (account.app_id, WECOM_CORP_TICKETS_PER_HOUR)) if kind == "corp" else (app_limit,)
             api = TICKET_API[kind]
-            wait = await self._hourly.book(scopes, api)
+            wait = await self._hourly.book(self._hourly_scopes(kind), api)
             if wait is not None:
                 raise HourlyLimited(
                     f"WeCom allows {WECOM_APP_TICKETS_PER_HOUR} {api} calls an hour per app"
@@ -423,6 +421,12 @@ class AccountCredentials:
                     app_id=account.key, api=api, retry_after=wait,
                 )  # fmt: skip
         return await self._client.fetch_ticket(app_id=account.key, token=token, turn=turn, kind=kind)
+
+    def _hourly_scopes(self, kind: TicketKind) -> tuple[tuple[str, int], ...]:
+        """What a WeCom ticket call of `kind` is counted against: the app's limit, and for the corp
+        ticket its corp's too."""
+        app_limit = (self.account.key, WECOM_APP_TICKETS_PER_HOUR)
+        return (app_limit, (self.account.app_id, WECOM_CORP_TICKETS_PER_HOUR)) if kind == "corp" else (app_limit,)
 
     async def _replace_token(self, refused: AccessToken, turn: Turn, errcode: int) -> AccessToken:
         """Another token after WeChat refused `refused`: a new one, or the external source read again."""
@@ -560,16 +564,13 @@ class AccountCredentials:
     async def ticket_limits_spent(self) -> float | None:
         """A WeCom app whose hourly ticket limits are spent (its own, or its corp's): about the seconds
         until a call may fit again (the next bucket); None when one fits now, and for other accounts."""
-        calls = await self.ticket_calls_last_hour()
-        if calls is None:
+        if not self.account.wecom:
             return None
-        corp, agent = TICKET_API["corp"], TICKET_API["agent"]
-        if max(calls[corp], calls[agent]) < WECOM_APP_TICKETS_PER_HOUR and calls[f"{corp}@corp"] < (
-            WECOM_CORP_TICKETS_PER_HOUR
-        ):
-            return None
-        now = self._clock()
-        return BUCKET - now % BUCKET
+        for kind in ("corp", "agent"):
+            if await self._hourly.full(self._hourly_scopes(kind), TICKET_API[kind]):
+                now = self._clock()
+                return BUCKET - now % BUCKET
+        return None
 
     async def ticket_calls_last_hour(self) -> dict[str, int] | None:
         """A WeCom app's ticket calls in WeCom's hourly window, across the fleet: its own of each ticket API,

@@ -64,8 +64,7 @@ async def agent_signature(request: web.Request) -> web.Response:
     account, page = await _signing_request(request, app)
     if not account.wecom:
         raise UnknownApp(f"{account.name!r} is not a WeCom app: wx.agentConfig is WeCom's; use /v1/signature")
-    creds = app[STORE][account.key]
-    ticket = creds.usable_agent_ticket(app[CLOCK]()) or await creds.agent_ticket()
+    ticket = await _agent_ticket(app, account)
     return json_response(signed_agent_config(account, page, ticket, now=app[CLOCK](), nonce=app[NONCES]()))
 
 
@@ -88,9 +87,8 @@ async def share(request: web.Request) -> web.Response:
     app_message = msgspec.convert(payloads["appMessage"], AppMessage)
     agent_config = None
     if account.wecom:
-        creds = app[STORE][account.key]
-        agent_ticket = creds.usable_agent_ticket(now) or await creds.agent_ticket()
-        agent_config = signed_agent_config(account, page, agent_ticket, now=now, nonce=app[NONCES]())
+        agent_config = signed_agent_config(account, page, await _agent_ticket(app, account), now=now,
+                                           nonce=app[NONCES]())  # fmt: skip
     answer = Share(
         config=signed_config(account, page, ticket, now=now, nonce=app[NONCES]()),
         agent_config=agent_config,
@@ -198,6 +196,12 @@ async def _ticket(app: web.Application, account: Account) -> JsapiTicket:
     """The account's ticket: from memory on the hot path, else after the (single) refresh."""
     creds = app[STORE][account.key]
     return creds.usable_ticket(app[CLOCK]()) or await creds.ticket()
+
+
+async def _agent_ticket(app: web.Application, account: Account) -> JsapiTicket:
+    """A WeCom app's agent ticket, as `_ticket` gives its corp ticket."""
+    creds = app[STORE][account.key]
+    return creds.usable_agent_ticket(app[CLOCK]()) or await creds.agent_ticket()
 
 
 def signed_config(account: Account, page: PageURL, ticket: JsapiTicket, *, now: float, nonce: str) -> Config:

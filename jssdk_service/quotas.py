@@ -157,6 +157,10 @@ class HourlyLimits:
                 log.warning("%s: %d %s calls in the last hour, of WeCom's limit of %d", scope, used, api, limit)
         return None
 
+    async def full(self, scopes: tuple[tuple[str, int], ...], api: str) -> bool:
+        """Whether `book` would refuse a call of `api` now (nothing is taken)."""
+        return any([await self.used(scope, api) >= limit for scope, limit in scopes])
+
     async def used(self, scope: str, api: str) -> int:
         """Calls of `api` booked for `scope` in the window `book` keeps (the last hour and up to ten minutes)."""
         current = int(self._clock() // BUCKET)

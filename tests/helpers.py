@@ -119,6 +119,17 @@ ServiceFactory = Callable[..., Awaitable[RunningService]]
 Fleet = Callable[..., Awaitable[list[str]]]
 
 
+def write_toml(tmp_path: Path, text: str, files: dict[str, str]) -> str:
+    """`text` as tmp_path/jssdk.toml, each `{name}` in it the path of a file written with `files[name]`."""
+    for name, content in files.items():
+        referenced = tmp_path / name
+        referenced.write_text(content)
+        text = text.replace(f"{{{name}}}", str(referenced))
+    path = tmp_path / "jssdk.toml"
+    path.write_text(text)
+    return str(path)
+
+
 def short_lifetimes(sandbox: WeChatSandbox, seconds: int, *, classic_overlap: float | None = None) -> None:
     """Tokens and tickets the sandbox issues from now on live `seconds` (old classic tokens `classic_overlap` more)."""
     sandbox.token_expires_in = sandbox.ticket_expires_in = seconds

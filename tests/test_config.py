@@ -11,6 +11,8 @@ from jssdk_service.config import Account, Settings, load_settings
 from jssdk_service.errors import ConfigError
 from jssdk_service.server import sandbox_options
 
+from .helpers import write_toml
+
 ENV = {"JSSDK_APP_ID": "wx1234567890abcdef", "JSSDK_APP_SECRET": "topsecret", "JSSDK_ALLOWED_HOSTS": "example.com"}
 
 
@@ -99,11 +101,7 @@ allowed_hosts = ["blog.example.com"]
 
 
 def write_config(tmp_path: Path, text: str) -> str:
-    secret_file = tmp_path / "blog-secret"
-    secret_file.write_text("blogsecret")
-    path = tmp_path / "jssdk.toml"
-    path.write_text(text.replace("{secret_file}", str(secret_file)))
-    return str(path)
+    return write_toml(tmp_path, text, {"secret_file": "blogsecret"})
 
 
 def test_several_accounts_from_toml(tmp_path: Path) -> None:

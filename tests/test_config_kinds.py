@@ -10,6 +10,8 @@ import pytest
 from jssdk_service.config import TokenRedisKey, TokenURL, load_settings
 from jssdk_service.errors import ConfigError
 
+from .helpers import write_toml
+
 KINDS = """
 [[accounts]]
 name = "hr"
@@ -40,11 +42,7 @@ allowed_hosts = ["shop.example.com"]
 
 
 def write(tmp_path: Path, text: str) -> str:
-    bearer = tmp_path / "bearer"
-    bearer.write_text("central-bearer-value\n")
-    path = tmp_path / "jssdk.toml"
-    path.write_text(text.replace("{bearer_file}", str(bearer)))
-    return str(path)
+    return write_toml(tmp_path, text, {"bearer_file": "central-bearer-value\n"})
 
 
 def test_every_kind_and_source_from_toml(tmp_path: Path) -> None:
