@@ -4,6 +4,10 @@
                                               last refresh, last error, upstream calls today
     POST /admin/apps/{app}/refresh            a new jsapi_ticket from WeChat now, past the shared cache
     POST /admin/apps/{app}/refresh?token=1    a new access_token first, then the ticket
+    POST /admin/apps/{app}/callback-check     WeChat's network check of the account's callback URL
+    GET  /admin/platforms/{c}/authorizers     a platform's authorizers, a page at a time
+    POST /admin/platforms/{c}/authorizers     add one with its refresh token (kept only if WeChat takes it)
+    DELETE /admin/platforms/{c}/authorizers/{appid}   stop signing for one, and forget its refresh token
 
 A sub-application at /admin, mounted only when `JSSDK_ADMIN_TOKEN` is set. Every request needs
 `Authorization: Bearer <token>`, compared in constant time; anything else is 401. Answers carry
@@ -24,14 +28,26 @@ import hmac
 import logging
 import math
 from datetime import UTC, datetime
+from typing import Literal
 
 from aiohttp import web
 
 from jssdk_service.clientip import client_ip
+from jssdk_service.component import ComponentCredentials
 from jssdk_service.config import Account, Secret
+from jssdk_service.credentials import AccountCredentials
 from jssdk_service.endpoint import Handler, flag, json_response
-from jssdk_service.errors import HourlyLimited, RefreshLimited, Unauthorized, UnknownApp
-from jssdk_service.keys import ADMIN_DIGEST, CACHE, CLOCK, SETTINGS, STORE
+from jssdk_service.errors import (
+    Conflict,
+    HourlyLimited,
+    InvalidRequest,
+    RefreshLimited,
+    Unauthorized,
+    UnknownApp,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
+from jssdk_service.keys import ADMIN_DIGEST, CACHE, CLOCK, PLATFORMS, STORE, WECHAT, find_account
 from jssdk_service.quotas import (
     FORCED_REFRESH_SPACING,
     FORCED_REFRESHES_PER_DAY,
@@ -39,7 +55,22 @@ from jssdk_service.quotas import (
     WECOM_CORP_TICKETS_PER_HOUR,
     ForcedRefreshes,
 )
-from jssdk_service.shapes import AdminApp, AdminApps, AdminRefresh, Lifetime, TicketFingerprint
+from jssdk_service.shapes import (
+    AdminApp,
+    AdminApps,
+    AdminAuthorizer,
+    AdminAuthorizers,
+    AdminRefresh,
+    CallbackCheck,
+    CallbackCheckRequest,
+    DnsResult,
+    Lifetime,
+    NewAuthorizer,
+    PingResult,
+    PlatformStatus,
+    TicketFingerprint,
+    decode_body,
+)
 
 ADMIN_CHUNK = 100
 """`/admin/apps` lets other requests in after this many accounts."""
@@ -87,7 +118,7 @@ async def apps(request: web.Request) -> web.Response:
                 app=status.name,
                 app_id=status.app_id,
                 kind=account.kind,
-                token_source="secret" if account.source is None else "external",
+                token_source=_token_source(account),
                 token_api=account.token_api if _fetches_stable_or_classic(account) else None,
                 ready=status.ready,
                 reason=status.reason,
@@ -112,7 +143,7 @@ async def refresh(request: web.Request) -> web.Response:
     """A new ticket now (and first a new token with `?token=1`); 429 past WeChat's force_refresh limits."""
     config = request.config_dict
     clock = config[CLOCK]
-    account = _account(config[SETTINGS].account(request.match_info["app"]), request.match_info["app"])
+    account = _account(find_account(config, request.match_info["app"]), request.match_info["app"])
     new_token = flag(request.query.get("token", "0"), "token")
     stable = _fetches_stable_or_classic(account) and account.token_api == "stable"  # noqa: S105
     if new_token and stable:
@@ -147,7 +178,108 @@ async def refresh(request: web.Request) -> web.Response:
 
 def _fetches_stable_or_classic(account: Account) -> bool:
     """An official account that fetches its own token (stable_token or cgi-bin/token)."""
-    return not account.wecom and account.source is None
+    return not account.wecom and account.source is None and account.platform is None
+
+
+def _token_source(account: Account) -> Literal["secret", "external", "platform"]:
+    return "platform" if account.platform is not None else "secret" if account.source is None else "external"
+
+
+async def callback_check(request: web.Request) -> web.Response:
+    """WeChat's network check (`callback/check`): how it resolves and reaches the account's callback URL."""
+    config = request.config_dict
+    account = _account(find_account(config, request.match_info["app"]), request.match_info["app"])
+    asked = decode_body(await request.read(), CallbackCheckRequest)
+    creds = config[STORE][account.key]
+    answer = await config[WECHAT].check_callback(app_id=account.key, token=await creds.access_token(),
+                                                 action=asked.action, operator=asked.check_operator)  # fmt: skip
+    try:
+        dns = [DnsResult(ip=str(d["ip"]), real_operator=str(d["real_operator"])) for d in answer.get("dns", [])]
+        ping = [PingResult(ip=str(p["ip"]), from_operator=str(p["from_operator"]), package_loss=str(p["package_loss"]),
+                           time=str(p["time"])) for p in answer.get("ping", [])]  # fmt: skip
+    except (KeyError, TypeError) as exc:
+        raise UpstreamUnavailable(f"WeChat's callback/check answer is not in the documented shape ({exc})",
+                                  app_id=account.key) from None  # fmt: skip
+    return json_response(CallbackCheck(app=account.name, dns=dns, ping=ping))
+
+
+def _component(request: web.Request) -> ComponentCredentials:
+    return request.config_dict[PLATFORMS].named(request.match_info["component_appid"])
+
+
+async def authorizers(request: web.Request) -> web.Response:
+    """A page of a platform's authorizers (from its table in the shared cache), with their credentials."""
+    config = request.config_dict
+    component = _component(request)
+    cursor = int(request.query.get("cursor") or 0)
+    count = request.query.get("count") or "500"
+    if not count.isdigit() or not 1 <= int(count) <= 1000:
+        raise InvalidRequest("count must be a number from 1 to 1000")
+    page = await config[CACHE].entries(component.authorizers_key, cursor, int(count))
+    if page is None:
+        raise UpstreamUnavailable("the shared cache does not answer: the authorizers cannot be listed now")
+    next_cursor, entries = page
+    store = config[STORE]
+    listed = []
+    for app_id, entry in entries.items():
+        since, via = entry.get("since"), entry.get("via")
+        listed.append(_authorizer(app_id, store.get(app_id), since if isinstance(since, int | float) else None,
+                                  str(via) if via is not None else None))  # fmt: skip
+    platforms = config[PLATFORMS]
+    answer = AdminAuthorizers(platform=component.platform.component_appid, status=PlatformStatus(**component.status()),
+                              total=platforms.authorizer_count(component.platform.component_appid),
+                              authorizers=listed, next_cursor=next_cursor)  # fmt: skip
+    return json_response(answer)
+
+
+async def add_authorizer(request: web.Request) -> web.Response:
+    """Add an authorizer with its refresh token: kept only once WeChat gave a token for it (201)."""
+    config = request.config_dict
+    component = _component(request)
+    new = decode_body(await request.read(), NewAuthorizer)
+    platforms = config[PLATFORMS]
+    if platforms.conflicts(new.appid):
+        raise Conflict(f"{new.appid!r} is a configured account: it signs with its own configuration")
+    try:
+        refresh_token, token = await component.verify_refresh_token(new.appid, new.refresh_token)
+    except UpstreamRejected as exc:
+        if exc.api != "api_authorizer_token":  # the platform's own token: not the caller's fault
+            raise
+        raise InvalidRequest(f"WeChat refused the refresh token: {exc}; {exc.fix}".rstrip("; ")) from None
+    await platforms.add(component, new.appid, refresh_token, via="admin", token=token)
+    log.info("admin: platform=%s authorizer %s added", component.platform.component_appid, new.appid)
+    answer = _authorizer(new.appid, config[STORE].get(new.appid), config[CLOCK](), "admin")
+    return json_response(answer, status=201)
+
+
+def _authorizer(app_id: str, creds: AccountCredentials | None, since: float | None, via: str | None) -> AdminAuthorizer:
+    """An authorizer as the admin API shows it: what the table keeps, and this process's credentials."""
+    if creds is None:
+        empty = Lifetime(age_seconds=None, expires_in=None)
+        return AdminAuthorizer(app_id=app_id, ready=False, reason="not held by this process yet", token=empty,
+                               ticket=empty, since=_iso(since), via=via, last_error=None, fix=None)  # fmt: skip
+    status = creds.status()
+    return AdminAuthorizer(
+        app_id=app_id,
+        ready=status.ready,
+        reason=status.reason,
+        token=Lifetime(age_seconds=status.token_age, expires_in=status.token_expires_in),
+        ticket=Lifetime(age_seconds=status.ticket_age, expires_in=status.ticket_expires_in),
+        since=_iso(since),
+        via=via,
+        last_error=status.last_error,
+        fix=status.fix,
+    )
+
+
+async def remove_authorizer(request: web.Request) -> web.Response:
+    """Stop signing for an authorizer and forget its refresh token (204); 404 when it is not known."""
+    config = request.config_dict
+    component = _component(request)
+    app_id = request.match_info["appid"]
+    if not await config[PLATFORMS].remove(component, app_id, via="admin"):
+        raise UnknownApp(f"platform {component.platform.component_appid} has no authorizer {app_id!r}")
+    return web.Response(status=204)
 
 
 def _account(account: Account | None, key: str) -> Account:

@@ -17,8 +17,9 @@ from aiohttp import web
 
 from jssdk_service.admin import admin_app
 from jssdk_service.cache import RawKeys, open_cache
+from jssdk_service.component import Platforms, PushGuard
 from jssdk_service.config import Account, Settings, TokenRedisKey
-from jssdk_service.credentials import CredentialStore, RefreshRules
+from jssdk_service.credentials import AuthorizerTokens, CredentialStore, RefreshRules
 from jssdk_service.endpoint import Route, install_routes
 from jssdk_service.keys import (
     CACHE,
@@ -27,6 +28,8 @@ from jssdk_service.keys import (
     DOCUMENT,
     LIFECYCLE,
     NONCES,
+    PLATFORMS,
+    PUSH_GUARD,
     REPORTS,
     SETTINGS,
     SIGNERS,
@@ -67,7 +70,7 @@ def create_app(
     app[SETTINGS] = settings
     app[CLOCK] = clock
     app[NONCES] = NonceSource()
-    app[SIGNERS] = _signers(settings.accounts)
+    app[SIGNERS] = _signers(settings)
     app[LIFECYCLE] = lifecycle = Lifecycle()
     app[REPORTS] = PageReports()
     usage = UpstreamUsage(clock=clock)
@@ -94,16 +97,31 @@ def create_app(
         # The Redis of each external source kept there: its own URL, or (None) the service's.
         urls = {a.source.redis_url for a in settings.accounts if isinstance(a.source, TokenRedisKey)}
         source_keys = {url: RawKeys(url or settings.cache_url, password=password) for url in urls}
+        # Each platform's authorizer tokens, filled in once the platforms exist (they need the store).
+        authorizer_tokens: dict[str, AuthorizerTokens] = {}
         rules = RefreshRules(clock=clock, lock_lease=settings.lock_lease, request_wait=settings.request_wait,
-                             usage=usage, source_keys=source_keys)  # fmt: skip
-        store = CredentialStore(settings.accounts, app[WECHAT], app[CACHE], rules=rules)
+                             usage=usage, source_keys=source_keys, platforms=authorizer_tokens)  # fmt: skip
+        cache = app[CACHE]
+        store = CredentialStore(settings.accounts, app[WECHAT], cache, rules=rules)
         app[STORE] = store
+        platforms = Platforms(settings.platforms, app[WECHAT], cache, rules, store)
+        authorizer_tokens.update(platforms.tokens())
+        app[PLATFORMS] = platforms
+        app[PUSH_GUARD] = PushGuard(cache, clock)
+        await platforms.load()  # the authorizers the fleet keeps, before their refreshers start
         store.start()
+        platforms.start()
+
+        def on_news(key: str) -> None:
+            if not platforms.on_news(key):
+                store.on_news(key)
+
         # Cache health and the fleet's news, for as long as the store runs.
-        watcher = asyncio.get_running_loop().create_task(app[CACHE].watch(store.on_news))
+        watcher = asyncio.get_running_loop().create_task(cache.watch(on_news))
         yield
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
+        await platforms.stop()
         await store.stop()
         for keys in source_keys.values():
             await keys.close()
@@ -132,10 +150,14 @@ def create_app(
     return app
 
 
-def _signers(accounts: tuple[Account, ...]) -> dict[str, tuple[Account, ...]]:
-    """Each JS secure domain's accounts, in configured order."""
+def _signers(settings: Settings) -> dict[str, tuple[Account, ...]]:
+    """Each JS secure domain's accounts, in configured order; a platform's domains too (its authorizers
+    come and go, so none is listed)."""
     by_domain: dict[str, list[Account]] = {}
-    for account in accounts:
+    for account in settings.accounts:
         for domain in account.allowed_hosts:
             by_domain.setdefault(domain, []).append(account)
+    for platform in settings.platforms:
+        for domain in platform.web_domains:
+            by_domain.setdefault(domain, [])
     return {domain: tuple(accounts) for domain, accounts in by_domain.items()}

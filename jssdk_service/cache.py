@@ -16,6 +16,10 @@ ever holds the cached object itself, and every backend sees the same bytes.
   exist. At most `MAX_OPERATIONS` operations of a process are in flight at once, so ten thousand
   accounts starting together do not open ten thousand connections.
 
+Tables: `put_entry`, `entry`, `drop_entry` and `entries` keep named records that never expire (a
+Redis hash on Redis): what must outlive every process, such as a platform's authorizers and their
+refresh tokens; `entries` reads a table a page at a time, so ten thousand of them never arrive at once.
+
 News: `announce(key)` tells every other process (Redis pub/sub, channel `jssdk:news`) that `key`
 holds a new credential; the message carries the key and the sender, never a value, and each
 process reads the cache itself. `watch(on_news)` passes other processes' news on; without Redis,
@@ -86,6 +90,23 @@ class SharedCache(Protocol):
         """Take the lock `key` for `lease` seconds unless someone else holds it."""
         ...
 
+    async def put_entry(self, key: str, name: str, record: dict[str, Any]) -> bool:
+        """Keep `record` as entry `name` of the table `key` (no expiry); False when it could not be stored."""
+        ...
+
+    async def entry(self, key: str, name: str) -> dict[str, Any] | None:
+        """Entry `name` of the table `key`, if there is one (and the cache answers)."""
+        ...
+
+    async def drop_entry(self, key: str, name: str) -> bool:
+        """Remove entry `name` of the table `key`; True when it was there."""
+        ...
+
+    async def entries(self, key: str, cursor: int, count: int) -> tuple[int, dict[str, dict[str, Any]]] | None:
+        """About `count` entries of the table `key` from `cursor` on, and the cursor of the next page
+        (0 when done); None when the cache does not answer."""
+        ...
+
     async def release(self, key: str, owner: str) -> None: ...
 
     def health(self) -> dict[str, Any]:
@@ -110,6 +131,7 @@ class MemoryCache:
 
     def __init__(self) -> None:
         self._cache = SimpleMemoryCache(serializer=StringSerializer(), namespace=f"{NAMESPACE}:", timeout=None)
+        self._tables: dict[str, dict[str, str]] = {}
 
     async def get(self, key: str) -> dict[str, Any] | None:
         text = await self._cache.get(key)
@@ -141,6 +163,23 @@ class MemoryCache:
 
     async def release(self, key: str, owner: str) -> None:
         return None
+
+    async def put_entry(self, key: str, name: str, record: dict[str, Any]) -> bool:
+        self._tables.setdefault(key, {})[name] = orjson.dumps(record).decode()
+        return True
+
+    async def entry(self, key: str, name: str) -> dict[str, Any] | None:
+        text = self._tables.get(key, {}).get(name)
+        return None if text is None else _decode(text)
+
+    async def drop_entry(self, key: str, name: str) -> bool:
+        return self._tables.get(key, {}).pop(name, None) is not None
+
+    async def entries(self, key: str, cursor: int, count: int) -> tuple[int, dict[str, dict[str, Any]]] | None:
+        names = sorted(self._tables.get(key, {}))[cursor : cursor + count]
+        table = self._tables.get(key, {})
+        following = cursor + count if cursor + count < len(table) else 0
+        return following, {name: _decode(table[name]) for name in names}
 
     def health(self) -> dict[str, Any]:
         return {"backend": "memory", "ok": True}
@@ -225,6 +264,24 @@ class RedisCache:
 
     async def release(self, key: str, owner: str) -> None:
         await self._guard(self._cache.client.eval(_RELEASE, 1, self._cache._build_key(key), owner))
+
+    async def put_entry(self, key: str, name: str, record: dict[str, Any]) -> bool:
+        raw = self._cache._build_key(key)
+        return await self._guard(self._cache.client.hset(raw, name, orjson.dumps(record))) is not None
+
+    async def entry(self, key: str, name: str) -> dict[str, Any] | None:
+        text = await self._guard(self._cache.client.hget(self._cache._build_key(key), name))
+        return None if text is None else _decode(_text(text))
+
+    async def drop_entry(self, key: str, name: str) -> bool:
+        return bool(await self._guard(self._cache.client.hdel(self._cache._build_key(key), name)))
+
+    async def entries(self, key: str, cursor: int, count: int) -> tuple[int, dict[str, dict[str, Any]]] | None:
+        page = await self._guard(self._cache.client.hscan(self._cache._build_key(key), cursor, count=count))
+        if page is None:
+            return None
+        following, found = page
+        return int(following), {_text(name): _decode(_text(text)) for name, text in found.items()}
 
     def health(self) -> dict[str, Any]:
         status: dict[str, Any] = {"backend": "redis", "url": self._where, "ok": self._error is None}

@@ -1,18 +1,25 @@
-"""The `jssdk-service` command: serve, sign, check-config, doctor."""
+"""The `jssdk-service` command: serve, sign, check-config, doctor, wechat-ips."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import shlex
+import stat
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
 
 import orjson
 
 from jssdk_service import __version__
-from jssdk_service.config import load_settings
-from jssdk_service.errors import ConfigError
+from jssdk_service.config import Account, Settings, TokenRedisKey, load_settings
+from jssdk_service.errors import ConfigError, TokenInvalid, UpstreamError
 from jssdk_service.signing import sign_url
 
 
@@ -61,10 +68,24 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("--user-agent", help="the browser's navigator.userAgent")
     doctor.add_argument("--err-msg", help="what wx.error said, e.g. 'config:invalid signature'")
     doctor.add_argument("--json", action="store_true", help="print the service's answer as it is")
+
+    ips = commands.add_parser("wechat-ips", help="print WeChat's current IP list (for allow lists and firewalls)")
+    which = ips.add_mutually_exclusive_group(required=True)
+    which.add_argument("--callback", dest="which", action="store_const", const="callback",
+                       help="the addresses WeChat's pushes come from (getcallbackip)")  # fmt: skip
+    which.add_argument("--api", dest="which", action="store_const", const="api",
+                       help="the entry points of WeChat's API (get_api_domain_ip)")  # fmt: skip
+    ips.add_argument("--format", choices=("plain", "nginx"), default="plain",
+                     help="one entry a line (default), or nginx `allow` lines with a header")  # fmt: skip
+    ips.add_argument("--app", help="the account whose token asks: its name or appId (default: the first)")
+    ips.add_argument("--config", help="TOML file with [[accounts]] (or JSSDK_CONFIG)")
+    ips.add_argument("--output", metavar="FILE",
+                     help="write FILE atomically instead of printing; kept as it is if the fetch fails")  # fmt: skip
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     env = os.environ
     try:
@@ -72,11 +93,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(sign_url(ticket=args.ticket, nonce=args.nonce, timestamp=args.timestamp, url=args.url))
         elif args.command == "doctor":
             return _doctor(args, env)
+        elif args.command == "wechat-ips":
+            return _wechat_ips(args, env, argv)
         elif args.command == "check-config":
             settings = load_settings(env, args.config)
-            print(f"ok: {len(settings.accounts)} account(s)")
+            platforms = f", {len(settings.platforms)} platform(s)" if settings.platforms else ""
+            print(f"ok: {len(settings.accounts)} account(s){platforms}")
             for account in settings.accounts:
                 print(f"  {account.describe()}")
+            for platform in settings.platforms:
+                print(f"  {platform.describe()}")
         else:
             return _serve(args, env)
     except ConfigError as exc:
@@ -139,3 +165,112 @@ def _doctor(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         if not findings:
             print("no findings: send the wx.config values (--signature, --nonce, --timestamp) to check a signature")
     return 1 if any(f["severity"] == "error" for f in findings) else 0
+
+
+def _wechat_ips(args: argparse.Namespace, env: Mapping[str, str], argv: Sequence[str]) -> int:
+    """Print (or write to --output) WeChat's IP list, asked with the account's token as the service has it.
+
+    Exits 1 when WeChat (or the token) fails, or FILE cannot be written: FILE is then left as it was.
+    """
+    settings = load_settings(env, args.config)
+    account = settings.account(args.app) if args.app else next(iter(settings.accounts), None)
+    if account is None:
+        problem = f"has value {args.app!r}; no account has that name or appId" if args.app else "has no account"
+        raise ConfigError("--app", problem)
+    which: Literal["callback", "api"] = "api" if args.which == "api" else "callback"
+    try:
+        entries = asyncio.run(_fetch_ips(settings, account, which))
+    except UpstreamError as exc:
+        fix = getattr(exc, "fix", "") or (
+            "the service replaces a refused token at its next refresh: run this again in a minute"
+            if isinstance(exc, TokenInvalid) else ""
+        )  # fmt: skip
+        print(f"jssdk-service: wechat-ips: {exc.message}" + (f" ({fix})" if fix else ""), file=sys.stderr)
+        return 1
+    if args.format == "nginx":
+        text = _nginx_allow_list(entries, which=which, wecom=account.wecom, command=["jssdk-service", *argv])
+    else:
+        text = "".join(f"{entry}\n" for entry in entries)
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        _replace_file(Path(args.output), text)
+    except OSError as exc:
+        print(f"jssdk-service: wechat-ips: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _fetch_ips(settings: Settings, account: Account, which: Literal["callback", "api"]) -> list[str]:
+    """The IP list, asked with the token the running service would use: the fleet's while it is fresh (so
+    the fleet's is never replaced), else a new one under the fleet's lock, as the service gets one."""
+    from jssdk_service.cache import RawKeys, open_cache
+    from jssdk_service.credentials import AccountCredentials, RefreshRules
+    from jssdk_service.quotas import HourlyLimits
+    from jssdk_service.wechat import WeChatClient
+
+    password = settings.redis_password.reveal() if settings.redis_password else None
+    source = account.source
+    source_keys = ({source.redis_url: RawKeys(source.redis_url or settings.cache_url, password=password)}
+                   if isinstance(source, TokenRedisKey) else {})  # fmt: skip
+    cache = open_cache(settings.cache_url, password=password)
+    client = WeChatClient(settings.api_bases, wecom_bases=settings.wecom_api_bases)
+    try:
+        rules = RefreshRules(lock_lease=settings.lock_lease, request_wait=settings.request_wait,
+                             source_keys=source_keys)  # fmt: skip
+        creds = AccountCredentials(account, client, cache, rules, HourlyLimits(cache))
+        token = await creds.access_token()
+        return await client.fetch_ip_list(app_id=account.key, token=token, which=which, wecom=account.wecom)
+    finally:
+        await client.aclose()
+        await cache.close()
+        for keys in source_keys.values():
+            await keys.close()
+
+
+def _nginx_allow_list(
+    entries: Sequence[str], *, which: Literal["callback", "api"], wecom: bool, command: Sequence[str]
+) -> str:
+    """`entries` as nginx `allow` lines, under a header saying what they are, how and when they were made."""
+    owner = "WeCom" if wecom else "WeChat"
+    if which == "callback":
+        what = (
+            f"# {owner}'s callback IPs, as nginx allow lines: the addresses its pushes come from (getcallbackip).\n"
+            "# Included by the jssdk nginx template's location for /v1/platform/<component_appid>/events\n"
+            '# (deploy/README.md, "WeChat\'s pushes: the callback allow list"), which denies everyone else.\n'
+        )
+    else:
+        what = (
+            f"# {owner}'s API entry IPs, as nginx allow lines (get_api_domain_ip): for a firewall's list.\n"
+            "# Reach the API by its name, never by these addresses: they change.\n"
+        )
+    fetched = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (
+        f"{what}"
+        f"# Made by: {shlex.join(command)}\n"
+        f"# Fetched: {fetched} (UTC), {len(entries)} entries.\n"
+        f"# {owner} changes the list without notice: refresh daily (deploy/systemd/jssdk-wechat-ips.timer).\n"
+        + "".join(f"allow {entry};\n" for entry in entries)
+    )
+
+
+def _replace_file(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically: a temporary file in the same directory, renamed over it, so a
+    reader (nginx reloading) sees the old file or the new one, never half of one."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        mode = 0o644  # an allow list is no secret; nginx's master (root) and workers may read it
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise

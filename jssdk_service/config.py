@@ -25,6 +25,7 @@ import msgspec.inspect
 from msgspec import Meta
 
 from jssdk_service.errors import ConfigError, HostNotAllowed, InvalidShare, InvalidURL
+from jssdk_service.msgcrypt import check_aes_key
 from jssdk_service.pageurl import normalise_domain, parse_page_url
 from jssdk_service.share import ShareFields, SharePolicy, ShareRule, check_link_domain, share_fields
 
@@ -156,11 +157,31 @@ class AccountTable(Table, frozen=True, kw_only=True):
     share: ShareTable = ShareTable()
 
 
+class PlatformTable(Table, frozen=True, kw_only=True):
+    """One `[[platforms]]` table: a third-party platform (open platform component) and its secrets'
+    whereabouts. Its authorizers are learned at run time, from WeChat's pushes and the admin API."""
+
+    component_appid: Identifier
+    name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] | None = None  # None: the component_appid
+    secret_env: str | None = None
+    secret_file: str | None = None
+    token_env: str | None = None
+    token_file: str | None = None
+    aes_key_env: str | None = None
+    aes_key_file: str | None = None
+    previous_aes_key_env: str | None = None
+    previous_aes_key_file: str | None = None
+    web_domains: NonEmpty
+    js_api_list: NonEmpty | None = None  # None: the official accounts' share APIs
+    open_tag_list: tuple[str, ...] = ()
+
+
 class Document(Table, frozen=True, kw_only=True):
     """The whole configuration, the environment merged in: what msgspec converts in one go."""
 
     service: ServiceTable = ServiceTable()
-    accounts: Annotated[tuple[AccountTable, ...], Meta(min_length=1)]
+    accounts: tuple[AccountTable, ...] = ()
+    platforms: tuple[PlatformTable, ...] = ()
 
 
 # The defaults of Settings are the table's own.
@@ -229,6 +250,8 @@ class Account:
     js_api_list: tuple[str, ...] = SHARE_APIS["official"]
     open_tag_list: tuple[str, ...] = ()
     share: SharePolicy = field(default_factory=SharePolicy)
+    platform: str | None = None
+    """An authorizer's platform (its component_appid): its token comes from the platform's refresh token."""
     key: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -248,6 +271,8 @@ class Account:
         """The account for a person (check-config, start-up logs): name, kind, token source; never a secret."""
         what = f"WeCom app {self.app_id} agent {self.agent_id}" if self.wecom else f"official account {self.app_id}"
         source = self.source
+        if self.platform is not None:
+            return f"{self.name}: official account {self.app_id} authorized to platform {self.platform}"
         if isinstance(source, TokenURL):
             how = f"token read from {source.where}" + (" with a bearer token" if source.auth is not None else "")
         elif isinstance(source, TokenRedisKey):
@@ -257,6 +282,38 @@ class Account:
             api = "gettoken" if self.wecom else {"stable": "stable_token", "classic": "cgi-bin/token"}[self.token_api]
             how = f"token fetched with its secret ({api})"
         return f"{self.name}: {what}, {how}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Platform:
+    """A third-party platform: its component_appid, secrets, and what its authorizers sign with.
+
+    The secret (component_appsecret) fetches the component_access_token; the message token and the
+    EncodingAESKey (and the one before it, while WeChat's pushes may still use it) check and open
+    WeChat's pushes. Its authorizers' pages are on its `web_domains` (网页开发域名).
+    """
+
+    component_appid: str
+    name: str
+    secret: Secret
+    token: Secret
+    aes_key: Secret
+    previous_aes_key: Secret | None = None
+    web_domains: tuple[str, ...]
+    js_api_list: tuple[str, ...] = SHARE_APIS["official"]
+    open_tag_list: tuple[str, ...] = ()
+
+    def authorizer(self, app_id: str) -> Account:
+        """The account of an official account that authorized this platform: it signs with its own appId."""
+        return Account(name=app_id, app_id=app_id, secret=None, allowed_hosts=self.web_domains,
+                       js_api_list=self.js_api_list, open_tag_list=self.open_tag_list,
+                       platform=self.component_appid)  # fmt: skip
+
+    def describe(self) -> str:
+        """The platform for a person (check-config, start-up logs); never a secret."""
+        rotation = ", with the previous EncodingAESKey" if self.previous_aes_key is not None else ""
+        return (f"{self.name}: third-party platform {self.component_appid} for pages on "
+                f"{', '.join(self.web_domains)}{rotation}")  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -280,8 +337,10 @@ class Settings:
     drain_seconds: float = _SERVICE.drain_seconds
     keepalive_timeout: float = _SERVICE.keepalive_timeout
     metrics_dir: str | None = _SERVICE.metrics_dir
+    platforms: tuple[Platform, ...] = ()
     _by_key: dict[str, Account] = field(init=False, repr=False, compare=False)
     _by_corp: dict[str, tuple[Account, ...]] = field(init=False, repr=False, compare=False)
+    _by_platform: dict[str, Platform] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Names first, then keys (appIds, corp_id:agent_id): one step whatever the number of accounts.
@@ -293,12 +352,16 @@ class Settings:
             if account.wecom:
                 corps.setdefault(account.app_id, []).append(account)
         object.__setattr__(self, "_by_corp", {corp: tuple(apps) for corp, apps in corps.items()})
+        object.__setattr__(self, "_by_platform", {p.component_appid: p for p in self.platforms})
 
     def account(self, key: str | None) -> Account | None:
         """The account named `key` (its name, appId or corp_id:agent_id), or the only one when `key` is empty."""
         if not key:
             return self.accounts[0] if len(self.accounts) == 1 else None
         return self._by_key.get(key)
+
+    def platform(self, component_appid: str) -> Platform | None:
+        return self._by_platform.get(component_appid)
 
     def corp_apps(self, corp_id: str) -> tuple[Account, ...]:
         """The WeCom apps of the corp `corp_id`, in configured order: what a WeCom page's wx.config appId names."""
@@ -315,17 +378,20 @@ def load_settings(
     """
     path = config_path or env.get("JSSDK_CONFIG") or None
     document = _read_toml(path) if path else {}
-    unknown = sorted(set(document) - {"service", "accounts"})
+    unknown = sorted(set(document) - {"service", "accounts", "platforms"})
     if unknown:
-        raise ConfigError(unknown[0], "unknown section (expected [service] and [[accounts]])")
+        raise ConfigError(unknown[0], "unknown section (expected [service], [[accounts]] and [[platforms]])")
     file_service = document.get("service", {})
     if not isinstance(file_service, dict):
         raise ConfigError("service", "must be a table")
     service, service_names = layered(ServiceTable, _SERVICE_VARIABLES, env, file_service, overrides or {})
 
-    from_env = "accounts" not in document
-    if from_env:
-        entries: Any = [_env_account(env)]
+    # A file of platforms alone needs no account; the environment's single account joins them when set.
+    from_env = "accounts" not in document and ("platforms" not in document or bool(env.get("JSSDK_APP_ID")))
+    if "accounts" not in document and not from_env:
+        entries: Any = []
+    elif from_env:
+        entries = [_env_account(env)]
     elif env.get("JSSDK_APP_ID"):
         raise ConfigError("JSSDK_APP_ID", "is set while the config file defines [[accounts]]; use one or the other")
     else:
@@ -340,10 +406,14 @@ def load_settings(
             return _ENV_NAMES.get(str(path[2]), _dotted(path))
         return _dotted(path)
 
-    tables = convert({"service": service, "accounts": entries}, Document, name_of)
+    platform_entries = document.get("platforms", [])
+    if isinstance(platform_entries, list):
+        platform_entries = [_split_lists(e, PlatformTable) if isinstance(e, dict) else e for e in platform_entries]
+    tables = convert({"service": service, "accounts": entries, "platforms": platform_entries}, Document, name_of)
     shared_redis = tables.service.cache_url.lower().startswith("redis")
     accounts = tuple(_account(table, i, env, name_of, shared_redis) for i, table in enumerate(tables.accounts))
-    _check_unique(accounts)
+    platforms = tuple(_platform(table, i, env) for i, table in enumerate(tables.platforms))
+    _check_unique(accounts, platforms)
     values = msgspec.structs.asdict(tables.service)  # Settings has every field of ServiceTable
     values.update(
         api_bases=tuple(base.rstrip("/") for base in tables.service.api_bases),
@@ -352,6 +422,7 @@ def load_settings(
     )
     return Settings(
         accounts=accounts,
+        platforms=platforms,
         admin_token=Secret(env["JSSDK_ADMIN_TOKEN"]) if env.get("JSSDK_ADMIN_TOKEN") else None,
         redis_password=Secret(env["JSSDK_REDIS_PASSWORD"]) if env.get("JSSDK_REDIS_PASSWORD") else None,
         **values,
@@ -607,10 +678,49 @@ def _share_fields(table: ShareFieldsTable, where: str, hosts: Sequence[str]) -> 
     return fields
 
 
-def _check_unique(accounts: Sequence[Account]) -> None:
-    seen: dict[str, int] = {}
-    for i, account in enumerate(accounts):
-        for key in {account.name, account.key}:
-            if key in seen and seen[key] != i:
-                raise ConfigError(f"accounts[{i}]", f"name or app_id {key!r} is already used by accounts[{seen[key]}]")
-            seen[key] = i
+def _platform(table: PlatformTable, index: int, env: Mapping[str, str]) -> Platform:
+    def where(name: str) -> str:
+        return f"platforms[{index}].{name}"
+
+    def required(kind: str, what: str) -> Secret:
+        found = _read_secret(env, getattr(table, f"{kind}_env"), getattr(table, f"{kind}_file"),
+                             where(f"{kind}_env"), where(f"{kind}_file"))  # fmt: skip
+        if found is None:
+            raise ConfigError(where(kind), f"{what} is required (set {kind}_env or {kind}_file)")
+        return found
+
+    secret = required("secret", "the component_appsecret")
+    token = required("token", "the message token (消息校验Token)")
+    aes_key = required("aes_key", "the EncodingAESKey (消息加解密Key)")
+    previous = _read_secret(env, table.previous_aes_key_env, table.previous_aes_key_file,
+                            where("previous_aes_key_env"), where("previous_aes_key_file"))  # fmt: skip
+    for name, key in (("aes_key", aes_key), ("previous_aes_key", previous)):
+        if key is not None:
+            try:
+                check_aes_key(key.reveal())
+            except ValueError as exc:
+                raise ConfigError(where(name), str(exc)) from None
+    return Platform(
+        component_appid=table.component_appid,
+        name=table.name or table.component_appid,
+        secret=secret,
+        token=token,
+        aes_key=aes_key,
+        previous_aes_key=previous,
+        web_domains=_allowed_hosts(table.web_domains, where("web_domains")),
+        js_api_list=table.js_api_list or SHARE_APIS["official"],
+        open_tag_list=table.open_tag_list,
+    )
+
+
+def _check_unique(accounts: Sequence[Account], platforms: Sequence[Platform]) -> None:
+    if not accounts and not platforms:
+        raise ConfigError("accounts", "at least one [[accounts]] or [[platforms]] is required")
+    seen: dict[str, str] = {}
+    named = [(f"accounts[{i}]", (a.name, a.key)) for i, a in enumerate(accounts)]
+    named += [(f"platforms[{i}]", (p.name, p.component_appid)) for i, p in enumerate(platforms)]
+    for where, keys in named:
+        for key in set(keys):
+            if key in seen and seen[key] != where:
+                raise ConfigError(where, f"name or app_id {key!r} is already used by {seen[key]}")
+            seen[key] = where

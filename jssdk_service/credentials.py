@@ -31,9 +31,9 @@ import random
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
@@ -67,6 +67,7 @@ from jssdk_service.wechat import TICKET_API, TicketKind, WeChatClient
 log = logging.getLogger("jssdk_service.credentials")
 
 C = TypeVar("C", AccessToken, JsapiTicket)
+R = TypeVar("R")
 
 RECENT_TICKETS = 5
 # How often a process waiting on another's refresh looks for its result.
@@ -126,6 +127,20 @@ class RefreshRules:
     source_keys: dict[str | None, RawKeys] = field(default_factory=dict)
     """The Redis of each external source kept there, by its `token_redis_url` (None: the service's own)."""
     source_reread_pause: float = SOURCE_REREAD_PAUSE
+    platforms: Mapping[str, AuthorizerTokens] = field(default_factory=dict)
+    """Each platform's authorizer tokens, by component_appid: where an authorizer's access token comes from."""
+
+
+class AuthorizerTokens(Protocol):
+    """A platform's side of its authorizers' tokens (`component.ComponentCredentials`)."""
+
+    async def component_token(self, turn: Turn | None = None) -> AccessToken:
+        """The platform's own token, which every authorizer token call needs."""
+        ...
+
+    async def authorizer_token(self, app_id: str, turn: Turn) -> AccessToken:
+        """A new access token for the authorizer `app_id`, from its refresh token."""
+        ...
 
 
 class AccountCredentials:
@@ -166,9 +181,12 @@ class AccountCredentials:
         key = account.key
         self._ticket_key = f"{key}:ticket"
         self._agent_key = f"{key}:agent-ticket"
-        api = "external" if account.source is not None else "gettoken" if account.wecom else account.token_api
+        api = ("external" if account.source is not None else "gettoken" if account.wecom
+               else "authorizer" if account.platform is not None else account.token_api)  # fmt: skip
         self._token_key = f"{key}:token:{api}"
         self._lock_key = f"{key}:refresh-lock"
+        # Whether the token lives in the shared cache: not when an external source owns it.
+        self._token_cached = account.source is None
 
     def __repr__(self) -> str:
         return f"AccountCredentials(app={self.account.name!r})"
@@ -289,23 +307,40 @@ class AccountCredentials:
         The lock is taken once this refresh holds an upstream slot, so its lease covers the calls
         and never a wait in line.
         """
-        shared = None if force else await self._shared_ticket()
-        if shared is not None:
-            return shared
-        async with self._scheduler.slot(turn):
-            owner = secrets.token_hex(8)
-            while not await self._cache.acquire(self._lock_key, owner, self._lock_lease):
-                # Another process is refreshing: wait for its ticket. The lease bounds the wait when
-                # that process has died; meanwhile requests keep signing with the ticket in memory.
-                await asyncio.sleep(LOCK_POLL)
-                shared = None if force else await self._shared_ticket()
-                if shared is not None:
-                    return shared
-            try:
-                shared = None if force else await self._shared_ticket()
-                return shared or await self._new_ticket(turn, new_token, cold)
-            finally:
-                await self._cache.release(self._lock_key, owner)
+
+        async def shared() -> Tickets | None:
+            return None if force else await self._shared_ticket()
+
+        platform = self.account.platform
+        # The platform's token before an upstream slot is taken: a refresh of it needs a slot of its
+        # own, which authorizers holding every slot while they wait for it would never leave free.
+        if platform is not None and await shared() is None:
+            await self._rules.platforms[platform].component_token()
+        return await self._under_lock(turn, shared, lambda: self._new_ticket(turn, new_token, cold))
+
+    async def _under_lock(
+        self, turn: Turn, shared: Callable[[], Awaitable[R | None]], new: Callable[[], Awaitable[R]]
+    ) -> R:
+        return await under_fleet_lock(self._cache, self._scheduler, self._lock_key, self._lock_lease, turn, shared, new)
+
+    async def access_token(self) -> AccessToken:
+        """A token that may call WeChat now, for the operations APIs (IP lists, network checks, quotas):
+        the one held here while fresh, else the fleet's, else a new one under the fleet lock."""
+        token = self._token
+        if token is not None and token.fresh(self._clock()):
+            return token
+        turn = self._scheduler.turn()
+
+        async def shared() -> AccessToken | None:
+            if not self._token_cached:
+                return None
+            found = await self._read_shared(self._token_key, AccessToken)
+            if found is None or not found.fresh(self._clock()):
+                return None
+            self._token = found
+            return found
+
+        return await self._under_lock(turn, shared, lambda: self._fresh_token(turn))
 
     async def _shared_ticket(self) -> Tickets | None:
         """The fleet's tickets when all are fresh and not those held here."""
@@ -466,7 +501,9 @@ class AccountCredentials:
                 return shared
         elif not new and not self._cache.shared and self._token is not None and self._token.fresh(self._clock()):
             return self._token
-        if account.wecom:
+        if account.platform is not None:
+            token = await self._rules.platforms[account.platform].authorizer_token(account.app_id, turn)
+        elif account.wecom:
             assert account.agent_id is not None
             token = await self._client.fetch_wecom_token(key=account.key, corp_id=account.app_id,
                                                          secret=account.reveal_secret(), turn=turn)  # fmt: skip
@@ -474,12 +511,17 @@ class AccountCredentials:
             # force_refresh matters to stable_token only: every classic call issues a new token anyway.
             token = await self._client.fetch_token(app_id=account.app_id, secret=account.reveal_secret(),
                                                    api=account.token_api, force_refresh=new, turn=turn)  # fmt: skip
+        await self.adopt_token(token)
+        log.info("app=%s access_token %s refreshed (%s), expires_in=%ds", account.name, token.fingerprint,
+                 self._token_key.rpartition(":")[2], token.expires_in)  # fmt: skip
+        return token
+
+    async def adopt_token(self, token: AccessToken) -> None:
+        """Hold `token` from now on, and give it to the fleet (an authorizer's first token comes with its
+        authorization)."""
         await self._cache.set(self._token_key, token.to_record(), token.expires_at - self._clock())
         await self._cache.announce(self._token_key)
         self._token = token
-        log.info("app=%s access_token %s refreshed (%s), expires_in=%ds", account.name, token.fingerprint,
-                 "gettoken" if account.wecom else account.token_api, token.expires_in)  # fmt: skip
-        return token
 
     async def _read_source(self, source: TokenURL | TokenRedisKey, turn: Turn) -> AccessToken:
         """The token the external `source` hands out now."""
@@ -541,9 +583,9 @@ class AccountCredentials:
         elif isinstance(exc, RateLimited):
             self._blocked_until = jitter((now // 60 + 1) * 60, now + 60)  # some time in the next minute
         elif isinstance(exc, UpstreamRejected | TokenSourceStale):
-            self._blocked_until = now + _backoff(REJECTED_RETRY, self._failures) * jitter(0.75, 1.0)
+            self._blocked_until = now + backoff(REJECTED_RETRY, self._failures) * jitter(0.75, 1.0)
         else:
-            self._blocked_until = now + _backoff(UNAVAILABLE_RETRY, self._failures) * jitter(0.5, 1.0)
+            self._blocked_until = now + backoff(UNAVAILABLE_RETRY, self._failures) * jitter(0.5, 1.0)
         exc.retry_after = self._blocked_until - now
         if first:
             ticket = self._ticket
@@ -557,7 +599,9 @@ class AccountCredentials:
             return {}
         account = self.account
         apis: tuple[str, ...] = WECOM_COUNTED_APIS if account.wecom else COUNTED_APIS
-        if account.source is not None:  # no token API; the source's reads instead
+        if account.platform is not None:
+            apis = ("api_authorizer_token", "getticket")
+        elif account.source is not None:  # no token API; the source's reads instead
             apis = ("token_source", *apis[1:]) if account.wecom else ("token_source", "getticket")
         return await self._usage.today(self._cache, account.key, apis)
 
@@ -672,12 +716,48 @@ class CredentialStore:
         *,
         rules: RefreshRules,
     ) -> None:
-        hourly = HourlyLimits(cache, clock=rules.clock)
+        self._hourly = hourly = HourlyLimits(cache, clock=rules.clock)
+        self._parts = (client, cache, rules)
         self._by_app_id = {a.key: AccountCredentials(a, client, cache, rules, hourly) for a in accounts}
         self._clock = rules.clock
         self._random = rules.rng
         self._starter: asyncio.Task[None] | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._removed: list[asyncio.Task[Any]] = []  # the refreshes in flight of accounts removed
+
+    def get(self, key: str) -> AccountCredentials | None:
+        return self._by_app_id.get(key)
+
+    def authorizer(self, key: str | None) -> Account | None:
+        """The platform authorizer whose appId is `key`, if the store holds one (they come and go at run time)."""
+        creds = self._by_app_id.get(key) if key else None
+        return creds.account if creds is not None and creds.account.platform is not None else None
+
+    async def add(self, account: Account, *, token: AccessToken | None = None) -> AccountCredentials:
+        """Hold `account` from now on (an authorizer learned at run time), with `token` when one came with
+        it; its refresher starts once the store has started. An account already held is kept as it is."""
+        creds = self._by_app_id.get(account.key)
+        if creds is None:
+            client, cache, rules = self._parts
+            creds = self._by_app_id[account.key] = AccountCredentials(account, client, cache, rules, self._hourly)
+            if token is not None:
+                await creds.adopt_token(token)  # before its refresher starts, which would fetch another
+            if self._starter is not None and account.key in self._by_app_id:
+                self._tasks[account.key] = asyncio.get_running_loop().create_task(creds.keep_fresh())
+        elif token is not None:
+            await creds.adopt_token(token)
+        return creds
+
+    def remove(self, key: str) -> AccountCredentials | None:
+        """Stop holding the account `key` (an authorizer that withdrew): its refresher is cancelled. A
+        refresh in flight may land (requests may be waiting on it); `stop` cancels it if it has not."""
+        creds = self._by_app_id.pop(key, None)
+        task = self._tasks.pop(key, None)
+        if task is not None:
+            task.cancel()
+        if creds is not None:
+            self._removed = [t for t in self._removed if not t.done()] + creds.running_tasks()
+        return creds
 
     def __getitem__(self, app_id: str) -> AccountCredentials:
         return self._by_app_id[app_id]
@@ -699,7 +779,9 @@ class CredentialStore:
         order = list(self._by_app_id.values())
         self._random.shuffle(order)
         for number, creds in enumerate(order, 1):
-            self._tasks.append(loop.create_task(creds.keep_fresh()))
+            key = creds.account.key
+            if key in self._by_app_id and key not in self._tasks:  # not removed (nor added) meanwhile
+                self._tasks[key] = loop.create_task(creds.keep_fresh())
             if number % START_BATCH == 0:
                 await asyncio.sleep(0)
 
@@ -709,11 +791,12 @@ class CredentialStore:
         for task in starter:
             task.cancel()
         await asyncio.gather(*starter, return_exceptions=True)
-        running: list[asyncio.Task[Any]] = [*self._tasks, *(t for creds in self for t in creds.running_tasks())]
+        flights = (task for creds in self for task in creds.running_tasks())
+        running: list[asyncio.Task[Any]] = [*self._tasks.values(), *flights, *self._removed]
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
-        self._tasks = []
+        self._tasks = {}
 
     def on_news(self, key: str) -> None:
         """Another process stored a credential at cache `key`: "<key>:ticket", "<key>:agent-ticket" or
@@ -739,6 +822,39 @@ class CredentialStore:
         return Readiness(ready=ready, total=len(self._by_app_id), unready=tuple(unready))
 
 
-def _backoff(bounds: tuple[float, float], failures: int) -> float:
+async def under_fleet_lock(
+    cache: SharedCache,
+    scheduler: UpstreamScheduler,
+    lock_key: str,
+    lease: float,
+    turn: Turn,
+    shared: Callable[[], Awaitable[R | None]],
+    new: Callable[[], Awaitable[R]],
+) -> R:
+    """What `shared` finds in the fleet's cache, else what `new` obtains while this process holds the
+    fleet lock `lock_key` (in an upstream slot, so the lease covers the calls and never a queue wait).
+
+    While another process holds the lock, `shared` is asked again until that process's result
+    lands; the lease bounds the wait when that process has died, and meanwhile requests keep
+    signing with what is in memory.
+    """
+    found = await shared()
+    if found is not None:
+        return found
+    async with scheduler.slot(turn):
+        owner = secrets.token_hex(8)
+        while not await cache.acquire(lock_key, owner, lease):
+            await asyncio.sleep(LOCK_POLL)
+            found = await shared()
+            if found is not None:
+                return found
+        try:
+            found = await shared()
+            return found if found is not None else await new()
+        finally:
+            await cache.release(lock_key, owner)
+
+
+def backoff(bounds: tuple[float, float], failures: int) -> float:
     first, cap = bounds
     return min(cap, first * 2.0 ** max(0, failures - 1))

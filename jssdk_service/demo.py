@@ -10,6 +10,10 @@ every one known to the emulator:
                          token server, read over HTTP with a bearer token (the service never asks
                          WeChat for this account's token)
 
+and a third-party platform, `wxd000000000000c0d`, whose authorizers `wxd00000000000a0d1` to `...a0d3` the
+emulator authorizes once the service listens (pushed `authorized` events, after a component_verify_ticket):
+they sign with their own appIds, on the demo's hosts.
+
 A request that names no account is the first one's, as it was when that was the only one.
 
 GET  /demo                 the page: the helper with either official account, and the WeCom flow
@@ -20,6 +24,7 @@ POST /demo/verify-agent    a WeCom wx.agentConfig checked by the emulator (`/san
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import secrets
 from typing import Annotated
@@ -29,7 +34,7 @@ import msgspec
 import orjson
 from aiohttp import web
 
-from jssdk_service.config import SHARE_APIS, Account, Secret, Settings, TokenURL
+from jssdk_service.config import SHARE_APIS, Account, Platform, Secret, Settings, TokenURL
 from jssdk_service.endpoint import Handler, json_response
 from jssdk_service.errors import UpstreamUnavailable
 from jssdk_service.keys import SETTINGS
@@ -44,6 +49,8 @@ DEMO_CORP_ID = "wwd0000000000000de"
 DEMO_AGENT_ID = "1000002"
 DEMO_CENTRAL_NAME = "demo-central"
 DEMO_CENTRAL_APP_ID = "wxd0000000000000ce"
+DEMO_PLATFORM_APPID = "wxd000000000000c0d"
+DEMO_AUTHORIZERS = ("wxd00000000000a0d1", "wxd00000000000a0d2", "wxd00000000000a0d3")
 # Where a token_url names the sandbox's central token server before the sandbox runs: its path is
 # what counts (`server.start_sandbox` points it at the running sandbox).
 SANDBOX_CENTRAL_URL = f"http://sandbox.invalid{TOKEN_PATH}"
@@ -79,8 +86,21 @@ def demo_settings(settings: Settings) -> DemoSettings:
         allowed_hosts=official.allowed_hosts, js_api_list=official.js_api_list,
         open_tag_list=official.open_tag_list, share=official.share,
     )  # fmt: skip
+    platform = Platform(
+        component_appid=DEMO_PLATFORM_APPID, name="demo-platform", secret=Secret(secrets.token_hex(16)),
+        token=Secret(secrets.token_hex(8)), aes_key=Secret(_aes_key()), web_domains=official.allowed_hosts,
+        js_api_list=official.js_api_list, open_tag_list=official.open_tag_list,
+    )  # fmt: skip
     values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings) if f.init}
-    return DemoSettings(**{**values, "accounts": (official, wecom, central)})
+    return DemoSettings(**{**values, "accounts": (official, wecom, central), "platforms": (platform,)})
+
+
+def _aes_key() -> str:
+    """A new EncodingAESKey: 43 letters and digits (the base64 of 32 random bytes, without its padding)."""
+    while True:
+        key = base64.b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+        if key.isalnum():
+            return key
 
 
 # -- the page --------------------------------------------------------------------------------

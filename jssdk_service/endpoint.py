@@ -76,6 +76,12 @@ class Route:
     body: type[msgspec.Struct] | None = None
     errors: tuple[type[JssdkError], ...] = ()
     bearer: bool = False
+    pages: bool = True
+    """Called from pages (a POST then answers the CORS preflight too); False for WeChat's pushes."""
+
+    @property
+    def preflight(self) -> bool:
+        return self.method == "POST" and self.pages and not self.bearer
 
 
 def json_response(body: msgspec.Struct, *, status: int = 200, headers: dict[str, str] = NO_STORE) -> web.Response:
@@ -125,7 +131,7 @@ def install_routes(
     methods: dict[str, set[str]] = {}
     for route in routes:
         entries = [(route.method, route.handler)]
-        if route.method == "POST" and not route.bearer:
+        if route.preflight:
             entries.append(("OPTIONS", preflight))
         for method, handler in entries:
             wrapped = _endpoint(handler, route.path, lifecycle, access_log=access_log)

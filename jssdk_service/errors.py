@@ -12,6 +12,9 @@
     │   ├── NotFound                no route has that path
     │   ├── MethodNotAllowed        the route has no such method (`allowed` lists those it has)
     │   ├── PayloadTooLarge         the body is over the limit
+    │   ├── InvalidPush             a push to a platform's events URL we refuse: signature, age, replay, crypto
+    │   ├── UnknownPlatform         no configured platform has that component_appid
+    │   ├── Conflict                the request contradicts the configuration (an authorizer that is an account)
     │   └── RefreshLimited          WeChat's force_refresh limits; `retry_after` says when the next is allowed
     └── UpstreamError               WeChat did not give us a credential (the web layer answers 503)
         ├── UpstreamUnavailable     busy (-1), HTTP 5xx, timeout, connection failure, retries exhausted
@@ -109,6 +112,19 @@ class MethodNotAllowed(RequestError):
 
 class PayloadTooLarge(RequestError):
     """The body is larger than the service reads."""
+
+
+class InvalidPush(RequestError):
+    """A push to a platform's events URL that is refused: its signature, its age, a replayed nonce, or a
+    message that does not open with the platform's keys. Nothing of it is stored."""
+
+
+class UnknownPlatform(RequestError):
+    """No configured platform has that component_appid."""
+
+
+class Conflict(RequestError):
+    """The request contradicts the configuration: an authorizer whose appId is a configured account's."""
 
 
 class RefreshLimited(RequestError):
@@ -216,6 +232,9 @@ STATUS: dict[type[JssdkError], ErrorKind] = {
     NotFound: ErrorKind(404, "not_found"),
     MethodNotAllowed: ErrorKind(405, "method_not_allowed", ("Allow",)),
     PayloadTooLarge: ErrorKind(413, "payload_too_large"),
+    InvalidPush: ErrorKind(400, "invalid_push"),
+    UnknownPlatform: ErrorKind(404, "unknown_platform"),
+    Conflict: ErrorKind(409, "conflict"),
     RefreshLimited: ErrorKind(429, "refresh_limited", ("Retry-After",)),
     UpstreamRejected: ErrorKind(503, "upstream_rejected", ("Retry-After",)),
     UpstreamUnavailable: ErrorKind(503, "upstream_unavailable", ("Retry-After",)),

@@ -126,7 +126,8 @@ class FastLane:
         account, page = signing
         request_id = request_id_for(headers.get("x-request-id"))  # before the ticket: a refresh it starts logs it
         now = self.clock()
-        ticket = self.store[account.key].usable_ticket(now)
+        creds = self.store.get(account.key)  # None: an authorizer removed since the page was kept
+        ticket = None if creds is None else creds.usable_ticket(now)
         if ticket is None:
             return None
         body = encode(signed_config(account, page, ticket, now=now, nonce=self.nonces()))
@@ -148,7 +149,8 @@ class FastLane:
         """The account and page a request target names, when they may be signed (kept for the next time)."""
         # The query as aiohttp reads it: yarl's, the first of a repeated parameter, bad UTF-8 as U+FFFD.
         query = URL.build(path=ROUTE, query_string=target[len(ROUTE) + 1 :], encoded=True).query
-        account = self.settings.account(query.get("app"))
+        key = query.get("app")
+        account = self.settings.account(key) or self.store.authorizer(key)
         url = query.get("url")
         if account is None or url is None or "\ufffd" in url:
             return None

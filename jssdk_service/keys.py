@@ -6,11 +6,13 @@ handler reads `request.app[KEY]`, or `request.config_dict[KEY]` in the admin sub
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from aiohttp import web
 
 from jssdk_service.cache import SharedCache
+from jssdk_service.component import Platforms, PushGuard
 from jssdk_service.config import Account, Settings
 from jssdk_service.credentials import CredentialStore
 from jssdk_service.reports import PageReports
@@ -42,6 +44,9 @@ WECHAT = web.AppKey("wechat", WeChatClient)
 CACHE: web.AppKey[SharedCache] = web.AppKey("cache")
 STORE = web.AppKey("store", CredentialStore)
 REPORTS = web.AppKey("reports", PageReports)
+# The third-party platforms: their own credentials and their authorizers (in STORE).
+PLATFORMS = web.AppKey("platforms", Platforms)
+PUSH_GUARD = web.AppKey("push_guard", PushGuard)
 # The OpenAPI document of this application, encoded once.
 DOCUMENT = web.AppKey("document", bytes)
 # The admin token's digest, in the admin sub-application.
@@ -49,3 +54,11 @@ ADMIN_DIGEST = web.AppKey("admin_digest", bytes)
 
 # The account a request named, once it is known: its domains decide the CORS answer.
 ACCOUNT = web.RequestKey("account", Account)
+
+
+def find_account(config: Mapping[Any, Any], key: str | None) -> Account | None:
+    """The account `key` names: a configured one (`Settings.account`), else a platform's authorizer the
+    store holds (they come and go at run time); `config` is the app or a request's `config_dict`."""
+    settings: Settings = config[SETTINGS]
+    store: CredentialStore = config[STORE]
+    return settings.account(key) or store.authorizer(key)

@@ -4,6 +4,8 @@
                                                      errcode, "http_<status>" or the exception name
     jssdk_credential_ttl_seconds{app,kind}           seconds until the token / ticket (/ WeCom agent_ticket) expires
     jssdk_accounts{state}                            accounts that may sign now ("ready") and not ("unready")
+    jssdk_platform_authorizers{platform}             the authorizers a third-party platform signs for
+    jssdk_component_token_ttl_seconds{platform}      seconds until a platform's component_access_token expires
     jssdk_upstream_in_flight, jssdk_upstream_waiting refreshes holding an upstream slot, and waiting for one
     jssdk_http_requests_total{route,status}          requests answered
     jssdk_http_request_duration_seconds{route}       time from a request's handler start to its response
@@ -257,10 +259,13 @@ async def _per_account_text(
 class _StateCollector(Collector):
     """What this process holds now: ready accounts, upstream slots."""
 
-    def __init__(self, ready: int, total: int, scheduler: UpstreamScheduler) -> None:
+    def __init__(
+        self, ready: int, total: int, scheduler: UpstreamScheduler, platforms: Sequence[PlatformSample]
+    ) -> None:
         self._ready = ready
         self._total = total
         self._scheduler = scheduler
+        self._platforms = platforms
 
     def collect(self) -> Iterator[Metric]:
         accounts = GaugeMetricFamily("jssdk_accounts", "Accounts that may sign now, and not", labels=["state"])
@@ -271,9 +276,29 @@ class _StateCollector(Collector):
                                 value=self._scheduler.in_flight)  # fmt: skip
         yield GaugeMetricFamily("jssdk_upstream_waiting", "Refreshes waiting for an upstream slot in this process",
                                 value=self._scheduler.waiting)  # fmt: skip
+        if self._platforms:
+            authorizers = GaugeMetricFamily("jssdk_platform_authorizers", "Authorizers a third-party platform "
+                                            "signs for, in this process", labels=["platform"])  # fmt: skip
+            ttl = GaugeMetricFamily("jssdk_component_token_ttl_seconds", "Seconds until the platform's "
+                                    "component_access_token held here expires (NaN: none held)",
+                                    labels=["platform"])  # fmt: skip
+            for name, count, left in self._platforms:
+                authorizers.add_metric([name], count)
+                ttl.add_metric([name], float("nan") if left is None else left)
+            yield authorizers
+            yield ttl
 
 
-async def exposition(accounts: Sequence[AccountCredentials], scheduler: UpstreamScheduler, now: float) -> bytes:
+PlatformSample = tuple[str, int, float | None]
+"""A platform's name, its authorizers, and its component token's seconds left (None: none held)."""
+
+
+async def exposition(
+    accounts: Sequence[AccountCredentials],
+    scheduler: UpstreamScheduler,
+    now: float,
+    platforms: Sequence[PlatformSample] = (),
+) -> bytes:
     """Every metric in the Prometheus text format: this process's, or all processes' in multi-process mode.
 
     What grows with the accounts is written a chunk at a time, with the event loop serving requests
@@ -287,5 +312,5 @@ async def exposition(accounts: Sequence[AccountCredentials], scheduler: Upstream
         MultiProcessCollector(registry, MULTIPROCESS_DIR)  # type: ignore[no-untyped-call]
     parts = [generate_latest(registry), generate_latest(_HttpCollector(routes))]
     per_account, ready = await _per_account_text(calls, accounts, now)
-    parts.append(generate_latest(_StateCollector(ready, len(accounts), scheduler)))
+    parts.append(generate_latest(_StateCollector(ready, len(accounts), scheduler, platforms)))
     return b"".join(parts + per_account)

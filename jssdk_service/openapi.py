@@ -34,7 +34,10 @@ _HEADERS = {
 }
 _PATH_PARAMETERS = {
     "app": {"description": "The account's appId or name", "schema": {"type": "string"}, "example": "main"},
-}
+    "component_appid": {"description": "The third-party platform's component_appid", "schema": {"type": "string"},
+                        "example": "wx0000000000000c01"},
+    "appid": {"description": "An authorizer's appId", "schema": {"type": "string"}, "example": "wxa00000000000a001"},
+}  # fmt: skip
 _PARAMETER = re.compile(r"{(\w+)}")
 
 
@@ -48,7 +51,7 @@ def openapi_document(routes: Sequence[Route]) -> dict[str, Any]:
     for route in routes:
         item = paths.setdefault(route.path, {})
         item[route.method.lower()] = _operation(route, schemas)
-        if route.method == "POST" and not route.bearer:
+        if route.preflight:
             item["options"] = _preflight()
     components: dict[str, Any] = {
         "schemas": {name: schema for name, schema in schemas.items() if name not in {q.__name__ for q in queries if q}},

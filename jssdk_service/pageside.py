@@ -38,7 +38,7 @@ from jssdk_service.doctor import (
 )
 from jssdk_service.endpoint import json_response
 from jssdk_service.errors import UpstreamError
-from jssdk_service.keys import CLOCK, REPORTS, SETTINGS, SIGNERS, STORE
+from jssdk_service.keys import CLOCK, REPORTS, SETTINGS, SIGNERS, STORE, find_account
 from jssdk_service.metrics import REPORTS as REPORTS_TOTAL
 from jssdk_service.pageurl import covering_domains
 from jssdk_service.reports import PageReport
@@ -124,7 +124,7 @@ async def _diagnose(app: web.Application, evidence: Evidence) -> tuple[tuple[Acc
     """
     page = page_url(evidence.url)
     settings, store = app[SETTINGS], app[STORE]
-    named = settings.account(evidence.app_id)
+    named = find_account(app, evidence.app_id)
     if named is None and evidence.app_id and evidence.agent_id:  # wx.agentConfig's corpid and agentid: one app
         named = settings.account(f"{evidence.app_id}:{evidence.agent_id}")
     meant = (named,) if named is not None else settings.corp_apps(evidence.app_id or "")[:MAX_CORP_APPS]

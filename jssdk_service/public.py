@@ -22,7 +22,18 @@ from jssdk_service.config import Account
 from jssdk_service.credentials import AccountStatus
 from jssdk_service.endpoint import JSON_HEADERS, flag, json_response
 from jssdk_service.errors import InvalidShare, InvalidURL, UnknownApp
-from jssdk_service.keys import ACCOUNT, CACHE, CLOCK, DOCUMENT, LIFECYCLE, NONCES, SETTINGS, STORE, WECHAT
+from jssdk_service.keys import (
+    ACCOUNT,
+    CACHE,
+    CLOCK,
+    DOCUMENT,
+    LIFECYCLE,
+    NONCES,
+    PLATFORMS,
+    STORE,
+    WECHAT,
+    find_account,
+)
 from jssdk_service.metrics import CONTENT_TYPE, exposition
 from jssdk_service.pageurl import PageURL, parse_page_url, require_allowed
 from jssdk_service.shapes import (
@@ -110,7 +121,11 @@ async def metrics(request: web.Request) -> web.Response:
     """
     app = request.app
     store = app[STORE]
-    body = await exposition(list(store), app[WECHAT].scheduler, app[CLOCK]())
+    now = app[CLOCK]()
+    platforms = app[PLATFORMS]
+    samples = [(c.platform.name, platforms.authorizer_count(c.platform.component_appid), c.token_ttl(now))
+               for c in platforms]  # fmt: skip
+    body = await exposition(list(store), app[WECHAT].scheduler, now, samples)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
@@ -179,7 +194,7 @@ def _resolve(
 ) -> tuple[Account, PageURL]:
     """The account `app_key` names and the page `url` it is asked to sign, checked against its domains
     (their types are the query's, or checked by the body's shape)."""
-    account = app[SETTINGS].account(app_key)
+    account = find_account(app, app_key)
     if account is None:
         if app_key:
             raise UnknownApp(f"no account is configured as {app_key!r}")

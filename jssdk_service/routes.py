@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from msgspec import Struct
 
-from jssdk_service import admin, demo, pageside, public, shapes
+from jssdk_service import admin, callbacks, demo, pageside, public, shapes
 from jssdk_service.endpoint import Answer, Handler, Route
 from jssdk_service.errors import (
+    Conflict,
     HostNotAllowed,
+    InvalidPush,
     InvalidRequest,
     InvalidShare,
     InvalidURL,
@@ -17,6 +19,7 @@ from jssdk_service.errors import (
     RefreshLimited,
     Unauthorized,
     UnknownApp,
+    UnknownPlatform,
     UpstreamRejected,
     UpstreamUnavailable,
 )
@@ -69,6 +72,13 @@ PUBLIC = [
     _asset("/v1/jssdk-share.js", pageside.script, "The page helper script", "text/javascript", shapes.AssetQuery),
     Route(method="POST", path="/v1/doctor", handler=pageside.doctor, summary="Why WeChat refused a wx.config",
           body=shapes.Evidence, answers=_FINDINGS, errors=(InvalidURL, *_BODY)),
+    Route(method="POST", path="/v1/platform/{component_appid}/events", handler=callbacks.platform_events,
+          summary="WeChat's pushes to a third-party platform (its 授权事件接收URL)",
+          description="The component_verify_ticket every 10 minutes, and the authorization events, encrypted with "
+          "the platform's EncodingAESKey (an XML body). Refused, with nothing stored, when the signature does not "
+          "check out, the message does not open, the timestamp is more than 5 minutes off or the nonce was seen.",
+          query=shapes.PushQuery, answers=(Answer(status=200, description="The push was taken", media="text/plain"),),
+          errors=(InvalidPush, UnknownPlatform, PayloadTooLarge, *_UPSTREAM), pages=False),
     Route(method="POST", path="/v1/report", handler=pageside.report,
           summary="A page's wx.config failure: kept, counted, diagnosed", body=shapes.Report, answers=_FINDINGS,
           errors=(InvalidURL, *_BODY)),
@@ -103,4 +113,26 @@ ADMIN = [
           answers=(Answer(status=200, description="The new ticket's fingerprint and lifetime",
                           shape=shapes.AdminRefresh),),
           errors=(InvalidRequest, Unauthorized, UnknownApp, NotFound, RefreshLimited, *_UPSTREAM)),
+    Route(method="POST", path="/admin/apps/{app}/callback-check", handler=admin.authorized(admin.callback_check),
+          bearer=True, summary="WeChat's network check of the account's callback URL (callback/check)",
+          body=shapes.CallbackCheckRequest,
+          answers=(Answer(status=200, description="What WeChat resolved and pinged", shape=shapes.CallbackCheck),),
+          errors=(*_BODY, Unauthorized, UnknownApp, *_UPSTREAM)),
+    Route(method="GET", path="/admin/platforms/{component_appid}/authorizers",
+          handler=admin.authorized(admin.authorizers), bearer=True, query=shapes.AuthorizersQuery,
+          summary="A page of a platform's authorizers and their credentials",
+          answers=(Answer(status=200, description="The page; nextCursor 0 on the last",
+                          shape=shapes.AdminAuthorizers),),
+          errors=(InvalidRequest, Unauthorized, UnknownPlatform, UpstreamUnavailable)),
+    Route(method="POST", path="/admin/platforms/{component_appid}/authorizers",
+          handler=admin.authorized(admin.add_authorizer), bearer=True, body=shapes.NewAuthorizer,
+          summary="Add an authorizer with its refresh token (kept only if WeChat takes it)",
+          answers=(Answer(status=201, description="The authorizer, signing from now on",
+                          shape=shapes.AdminAuthorizer),),
+          errors=(*_BODY, Unauthorized, UnknownPlatform, Conflict, *_UPSTREAM)),
+    Route(method="DELETE", path="/admin/platforms/{component_appid}/authorizers/{appid}",
+          handler=admin.authorized(admin.remove_authorizer), bearer=True,
+          summary="Stop signing for an authorizer and forget its refresh token",
+          answers=(Answer(status=204, description="Removed, fleet-wide"),),
+          errors=(Unauthorized, UnknownPlatform, UnknownApp)),
 ]  # fmt: skip

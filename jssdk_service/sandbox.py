@@ -15,6 +15,11 @@ For WeCom self-built apps (qyapi.weixin.qq.com, WECOM_PLATFORM.md A; `sandbox_we
 HTTP app: `GET /cgi-bin/gettoken`, the corp ticket `GET /cgi-bin/get_jsapi_ticket` and the agent
 ticket `GET /cgi-bin/ticket/get?type=agent_config`, with WeCom's errcodes, IP whitelist (60020) and
 hourly ticket limits (45009); the same faults apply.
+For third-party platforms (开放平台 component, WECOM_PLATFORM.md B; `sandbox_platform.py`): pushes of
+component_verify_tickets and authorization events to each platform's callback URL, sealed as WeChat
+seals them, and `api_component_token`, `api_query_auth`, `api_authorizer_token`; an authorizer's token
+fetches jsapi tickets like an official account's. And the operations APIs (C.1, C.2):
+`GET /cgi-bin/getcallbackip`, `GET /cgi-bin/get_api_domain_ip`, `POST /cgi-bin/callback/check`.
 Under `/sandbox/` it also answers what WeChat's client would: `POST /sandbox/verify` checks a
 wx.config the way the WeChat client does (appId may be a WeCom corpid: signed with a corp ticket),
 `POST /sandbox/verify-agent` a WeCom wx.agentConfig. `GET /sandbox/stats` (read-only) tells what it has seen:
@@ -33,6 +38,7 @@ calls are counted per (api, appId, outcome), so no call scans the whole history.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import secrets
 import socket
@@ -45,6 +51,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import orjson
 from aiohttp import web
 
+from jssdk_service.sandbox_answers import answer as _answer
+from jssdk_service.sandbox_answers import error as _error
+from jssdk_service.sandbox_answers import json_body as _json_body
+from jssdk_service.sandbox_platform import PLATFORM_APIS, PlatformSandbox, SandboxPlatform
+from jssdk_service.sandbox_platform import PushResult as PushResult  # public here, with the rest
 from jssdk_service.sandbox_wecom import SandboxWeComApp as SandboxWeComApp  # public here, with the rest
 from jssdk_service.sandbox_wecom import WeComSandbox
 from jssdk_service.signing import sign_url
@@ -53,10 +64,15 @@ if TYPE_CHECKING:
     from jssdk_service.sandbox_central import CentralTokenServer
 
 Fault = int | Literal["http500", "reset"]
-Kind = Literal["classic", "stable", "ticket", "wecom_token", "corp_ticket", "agent_ticket"]
+Kind = Literal[
+    "classic", "stable", "ticket", "wecom_token", "corp_ticket", "agent_ticket", "authorizer_token", "component_token"
+]
 """What a credential is: an official account's token (classic or stable) or jsapi ticket; a WeCom
-app's token, corp ticket (signs wx.config) or agent ticket (signs wx.agentConfig)."""
+app's token, corp ticket (signs wx.config) or agent ticket (signs wx.agentConfig); an authorizer's
+access token (an official account's, obtained by a platform) or a platform's component_access_token."""
 OFFICIAL_TOKENS = ("classic", "stable")
+# What fetches an official account's jsapi ticket: its own token, or a platform's on its behalf (B.3).
+ACCOUNT_TOKENS = (*OFFICIAL_TOKENS, "authorizer_token")
 
 DEMO_APP_ID = "wxd0000000000000de"
 
@@ -104,11 +120,14 @@ class Call:
     at: float
 
 
-class WeChatSandbox(WeComSandbox):
+class WeChatSandbox(WeComSandbox, PlatformSandbox):
     """The emulator's state and behaviour; `app()` serves it over HTTP.
 
     `accounts` are official accounts; `wecom_apps` WeCom self-built apps, whose ticket calls are limited
-    per sliding hour by `wecom_hourly_limits` ("corp": per corp, "app": per app; 400 and 100 upstream).
+    per sliding hour by `wecom_hourly_limits` ("corp": per corp, "app": per app; 400 and 100 upstream);
+    `platforms` third-party platforms, whose verify tickets are good for `verify_ticket_valid_for`
+    seconds and, with `push_every`, pushed on a schedule while a `SandboxServer` serves the emulator.
+    `callback_ips` and `api_ips` are what getcallbackip and get_api_domain_ip answer.
     """
 
     def __init__(
@@ -123,10 +142,17 @@ class WeChatSandbox(WeComSandbox):
         stable_renew_before: float | None = None,
         force_refresh_interval: float = 30.0,
         daily_quota: dict[str, int] | None = None,
+        platforms: Sequence[SandboxPlatform] = (),
+        verify_ticket_valid_for: float = 43200.0,
+        callback_ips: Sequence[str] | None = None,
+        api_ips: Sequence[str] | None = None,
+        push_every: float | None = None,
         seed: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(wecom_apps=wecom_apps, wecom_hourly_limits=wecom_hourly_limits)
+        WeComSandbox.__init__(self, wecom_apps=wecom_apps, wecom_hourly_limits=wecom_hourly_limits)
+        PlatformSandbox.__init__(self, platforms=platforms, verify_ticket_valid_for=verify_ticket_valid_for,
+                                 callback_ips=callback_ips, api_ips=api_ips, push_every=push_every)  # fmt: skip
         self.accounts = {a.app_id: a for a in accounts}
         self.token_expires_in = token_expires_in
         self.ticket_expires_in = ticket_expires_in
@@ -183,16 +209,18 @@ class WeChatSandbox(WeComSandbox):
         return self._signer(tickets, url=url, nonce=nonce, timestamp=timestamp, signature=signature)
 
     def knock_out_tokens(self, app_id: str) -> None:
-        """Kill every live token of `app_id` (or a WeCom app key) now, as another party's refresh does."""
+        """Kill every live token of `app_id` (an appId, an authorizer's or a platform's, or a WeCom app key) now,
+        as another party's refresh does."""
         now = self._clock()
-        for kind in ("classic", "stable", "wecom_token"):
+        kinds: tuple[Kind, ...] = ("classic", "stable", "wecom_token", "authorizer_token", "component_token")
+        for kind in kinds:
             for cred in self._issued_by.get((app_id, kind), ()):
                 cred.expires_at = min(cred.expires_at, now - 1)
 
     def knock_out_token(self, value: str) -> None:
         """Kill this one token now (a central server rotating or losing it); unknown values are ignored."""
         cred = self.issued.get(value)
-        if cred is not None and cred.kind in (*OFFICIAL_TOKENS, "wecom_token"):
+        if cred is not None and cred.kind in (*ACCOUNT_TOKENS, "wecom_token", "component_token"):
             cred.expires_at = min(cred.expires_at, self._clock() - 1)
 
     def issue_owned_token(self, app: str) -> IssuedCredential:
@@ -211,9 +239,11 @@ class WeChatSandbox(WeComSandbox):
         return self._mint(app, kind, self._clock(), self.token_expires_in)
 
     def stats(self) -> dict[str, Any]:
-        """What `GET /sandbox/stats` answers (see the module docstring); WeCom's APIs once it knows a WeCom app."""
+        """What `GET /sandbox/stats` answers (see the module docstring); WeCom's APIs once it knows a WeCom app,
+        the platforms' and operations APIs once it knows a platform."""
         wecom = ("gettoken", "get_jsapi_ticket", "get_agent_ticket") if self.wecom_apps else ()
-        apis = sorted({"token", "stable_token", "getticket", *wecom, *(api for api, _ in self._api_counts)})
+        platform = PLATFORM_APIS if self.platforms else ()
+        apis = sorted({"token", "stable_token", "getticket", *wecom, *platform, *(api for api, _ in self._api_counts)})
         return {
             "calls": {api: {"ok": self._api_counts[(api, True)], "failed": self._api_counts[(api, False)]}
                       for api in apis},
@@ -245,6 +275,7 @@ class WeChatSandbox(WeComSandbox):
         app.router.add_post("/sandbox/verify", self._verify)
         app.router.add_get("/sandbox/stats", self._stats)
         self._add_wecom_routes(app)
+        self._add_platform_routes(app)
         if central is not None:
             central.install(app)
         return app
@@ -266,7 +297,7 @@ class WeChatSandbox(WeComSandbox):
     async def _getticket(self, request: web.Request) -> web.StreamResponse:
         token_value = request.query.get("access_token", "")
         token = self.issued.get(token_value)
-        app_id = token.app_id if token is not None and token.kind in OFFICIAL_TOKENS else ""
+        app_id = token.app_id if token is not None and token.kind in ACCOUNT_TOKENS else ""
         return await self._serve(request, "getticket", app_id, lambda: self._issue_ticket(
             token, token_value, request.query.get("type", "")))  # fmt: skip
 
@@ -381,10 +412,11 @@ class WeChatSandbox(WeComSandbox):
     def _issue_ticket(self, token: IssuedCredential | None, token_value: str, kind: str) -> dict[str, Any]:
         if not token_value:
             return _error(41001)
-        if token is None or token.kind not in OFFICIAL_TOKENS:
+        if token is None or token.kind not in ACCOUNT_TOKENS:
             return _error(40001)
         if token.expires_at <= self._clock():
-            # Expired on its own: 42001; replaced by a newer token and past the overlap: 40001.
+            # Expired on its own: 42001; replaced by a newer token and past the overlap (or an
+            # authorizer's, unauthorized): 40001.
             return _error(42001 if token.expires_at >= token.issued_at + self.token_expires_in else 40001)
         if kind != "jsapi":
             return _error(40097, "invalid args")
@@ -467,44 +499,12 @@ class WeChatSandbox(WeComSandbox):
         return web.Response(body=orjson.dumps({"errMsg": err_msg}), content_type="application/json")
 
 
-_ERRMSG = {
-    -1: "system error",
-    40001: "invalid credential, access_token is invalid or not latest",
-    40002: "invalid grant_type",
-    40013: "invalid appid",
-    40125: "invalid appsecret",
-    41001: "access_token missing",
-    41002: "appid missing",
-    41004: "appsecret missing",
-    42001: "access_token expired",
-    45009: "reach max api daily quota limit",
-    45011: "api minute-quota reach limit  mustslower  retry next minute",
-}
-
-
-def _error(errcode: int, errmsg: str | None = None) -> dict[str, Any]:
-    text = errmsg or _ERRMSG.get(errcode, "error")
-    return {"errcode": errcode, "errmsg": f"{text} rid: {secrets.token_hex(4)}-{secrets.token_hex(4)}"}
-
-
-def _answer(errcode: int, errmsg: str) -> web.Response:
-    body = {"errcode": errcode, "errmsg": errmsg} if errcode == 0 else _error(errcode, errmsg)
-    return web.Response(body=orjson.dumps(body), content_type="application/json")
-
-
-async def _json_body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        return {}
-    return body if isinstance(body, dict) else {}
-
-
 class SandboxServer:
     """Serves a `WeChatSandbox` over real HTTP on loopback; `base_url` is what the client is given.
 
     With `central`, that central token server's routes are served too, and it is started before the
-    server answers and stopped before the server closes.
+    server answers and stopped before the server closes. With the sandbox's `push_every`, a verify
+    ticket is pushed to every platform with a callback URL once the server answers, then on that schedule.
     """
 
     def __init__(
@@ -516,6 +516,7 @@ class SandboxServer:
         self._host = host
         self._port = port
         self._runner: web.AppRunner | None = None
+        self._pusher: asyncio.Task[None] | None = None
         self.base_url = ""
 
     async def start(self) -> str:
@@ -527,9 +528,17 @@ class SandboxServer:
         await site.start()
         host, port = self._runner.addresses[0][:2]
         self.base_url = f"http://{host}:{port}"
+        every = self.sandbox.push_every
+        if every is not None and self._pusher is None:
+            self._pusher = asyncio.get_running_loop().create_task(self.sandbox.push_tickets_every(every))
         return self.base_url
 
     async def stop(self) -> None:
+        if self._pusher is not None:
+            self._pusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pusher
+            self._pusher = None
         if self.central is not None:
             await self.central.stop()
         if self._runner is not None:

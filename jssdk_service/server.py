@@ -20,6 +20,7 @@ from multiprocessing.connection import Connection
 from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
 
+import aiohttp
 import msgspec
 import uvloop
 from aiohttp import web
@@ -27,8 +28,8 @@ from msgspec import Meta
 
 from jssdk_service import logs
 from jssdk_service.app import create_app
-from jssdk_service.config import Account, Settings, Table, TokenURL, convert, layered, load_settings
-from jssdk_service.demo import demo_settings
+from jssdk_service.config import Account, Platform, Settings, Table, TokenURL, convert, layered, load_settings
+from jssdk_service.demo import DEMO_AUTHORIZERS, DEMO_PLATFORM_APPID, demo_settings
 from jssdk_service.errors import ConfigError
 from jssdk_service.fastlane import FastLaneListener
 from jssdk_service.keys import LIFECYCLE, STORE
@@ -42,6 +43,7 @@ from jssdk_service.sandbox import (
 )
 from jssdk_service.sandbox_central import TOKEN_PATH as CENTRAL_TOKEN_PATH
 from jssdk_service.sandbox_central import CentralTokenServer
+from jssdk_service.sandbox_platform import SandboxPlatform
 
 log = logging.getLogger("jssdk_service.server")
 
@@ -50,6 +52,8 @@ DEMO_ALLOWED_HOSTS = "localhost,127.0.0.1,example.com"
 CLOSE_GRACE = 0.5
 # How many accounts the sandbox's start-up line describes (the rest are counted).
 LOGGED_ACCOUNTS = 5
+# How often the emulator pushes each platform a component_verify_ticket (every 10 minutes upstream).
+PUSH_EVERY = 600.0
 
 
 Rate = Annotated[float, Meta(ge=0, le=1)]
@@ -131,6 +135,9 @@ def build_sandbox(settings: Settings, options: SandboxOptions) -> tuple[WeChatSa
         [SandboxAccount(app_id=a.app_id, secret=secret(a)) for a in settings.accounts if not a.wecom],
         wecom_apps=[SandboxWeComApp(corp_id=a.app_id, agent_id=a.agent_id or "", secret=secret(a))
                     for a in settings.accounts if a.wecom],
+        platforms=[SandboxPlatform(component_appid=p.component_appid, secret=p.secret.reveal(), token=p.token.reveal(),
+                                   aes_key=p.aes_key.reveal(), callback_url=_events_url(settings, p))
+                   for p in settings.platforms],
         token_expires_in=options.expires_in,
         ticket_expires_in=options.expires_in,
     )  # fmt: skip
@@ -141,6 +148,39 @@ def build_sandbox(settings: Settings, options: SandboxOptions) -> tuple[WeChatSa
     if not readers:
         return sandbox, None
     return sandbox, CentralTokenServer(sandbox, [a.key for a in readers], bearer=_central_bearer(readers))
+
+
+def _events_url(settings: Settings, platform: Platform) -> str:
+    """Where the emulator pushes to a platform: this service's events endpoint, on loopback when it
+    listens on every address."""
+    host = "127.0.0.1" if settings.host in ("", "0.0.0.0") else "[::1]" if settings.host == "::" else settings.host  # noqa: S104
+    host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    return f"http://{host}:{settings.port}/v1/platform/{platform.component_appid}/events"
+
+
+async def rehearse_platforms(sandbox: WeChatSandbox, settings: Settings, *, every: float = PUSH_EVERY) -> None:
+    """What WeChat does for the platforms of `serve --sandbox`: once the service answers, a
+    component_verify_ticket for each, the demo platform's authorizations, then a ticket every `every` s."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+        host = _events_url(settings, settings.platforms[0]).split("/v1/")[0]
+        for _ in range(300):
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with http.get(f"{host}/healthz") as response:
+                    if response.status == 200:
+                        break
+            await asyncio.sleep(0.1)
+    first = True
+    while True:
+        for platform in settings.platforms:
+            pushed = await sandbox.push_verify_ticket(platform.component_appid)
+            if pushed.status != 200:
+                log.warning("sandbox: the push to platform %s was answered %d %s", platform.component_appid,
+                            pushed.status, pushed.body[:100])  # fmt: skip
+            if first and platform.component_appid == DEMO_PLATFORM_APPID:
+                for app_id in DEMO_AUTHORIZERS:
+                    await sandbox.authorize(platform.component_appid, app_id)
+        first = False
+        await asyncio.sleep(every)
 
 
 def at_central(account: Account) -> bool:
@@ -177,7 +217,23 @@ async def start_sandbox(settings: Settings, options: SandboxOptions) -> tuple[Sa
     listed = "; ".join(a.describe() for a in accounts[:LOGGED_ACCOUNTS])
     more = f"; and {len(accounts) - LOGGED_ACCOUNTS} more" if len(accounts) > LOGGED_ACCOUNTS else ""
     log.info("sandbox: WeChat and WeCom emulator at %s; accounts: %s%s", base, listed, more)
+    if settings.platforms:
+        _rehearsals[server] = asyncio.get_running_loop().create_task(rehearse_platforms(server.sandbox, settings))
+        log.info("sandbox: platforms %s, pushed to at %s", ", ".join(p.describe() for p in settings.platforms),
+                 _events_url(settings, settings.platforms[0]).split("/v1/")[0])  # fmt: skip
     return server, settings
+
+
+# The platforms' rehearsal of each running sandbox, stopped with it.
+_rehearsals: dict[SandboxServer, asyncio.Task[None]] = {}
+
+
+async def stop_sandbox(server: SandboxServer) -> None:
+    rehearsal = _rehearsals.pop(server, None)
+    if rehearsal is not None:
+        rehearsal.cancel()
+        await asyncio.gather(rehearsal, return_exceptions=True)
+    await server.stop()
 
 
 class Signals:
@@ -254,7 +310,7 @@ async def serve(
         site.close_connections()
         await runner.cleanup()
         if sandbox_server is not None:
-            await sandbox_server.stop()
+            await stop_sandbox(sandbox_server)
     log.info("jssdk-service stopped (pid %d)", os.getpid())
 
 
@@ -406,7 +462,7 @@ async def supervise(settings: Settings, *, workers: int, sandbox: SandboxOptions
         await pool.stop_all()
         sock.close()
         if sandbox_server is not None:
-            await sandbox_server.stop()
+            await stop_sandbox(sandbox_server)
         remove_metrics_dir()
 
 

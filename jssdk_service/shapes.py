@@ -284,7 +284,7 @@ class AdminApp(_Closed):
     app: str
     app_id: str
     kind: Literal["official", "wecom"]
-    token_source: Literal["secret", "external"]
+    token_source: Literal["secret", "external", "platform"]
     ready: bool
     reason: str
     token: Lifetime
@@ -340,6 +340,94 @@ class RefreshQuery(_Shape):
     token: (
         Annotated[Literal["0", "1", "true", "false"], msgspec.Meta(description="Also replace the access_token")] | None
     ) = None
+
+
+class PushQuery(_Shape):
+    """What WeChat adds to a push's URL."""
+
+    timestamp: Annotated[str, msgspec.Meta(pattern="^[0-9]{1,12}$")]
+    nonce: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    msg_signature: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{40}$")] = msgspec.field(name="msg_signature")
+    encrypt_type: Literal["aes"] = msgspec.field(name="encrypt_type")
+    signature: str | None = None
+
+
+class PlatformStatus(_Closed):
+    """A platform's own credentials; never a value."""
+
+    component_token_expires_in: float | None
+    last_push_ago: Annotated[float | None, msgspec.Meta(description="Seconds since this process got a push")]
+    last_error: str | None
+    fix: str | None
+
+
+class AdminAuthorizer(_Closed):
+    """One authorizer of a platform; never a credential value."""
+
+    app_id: str
+    ready: bool
+    reason: str
+    token: Lifetime
+    ticket: Lifetime
+    since: Annotated[str, msgspec.Meta(extra_json_schema={"format": "date-time"})] | None
+    via: str | None
+    last_error: str | None
+    fix: str | None
+
+
+class AdminAuthorizers(_Closed):
+    """A page of a platform's authorizers (`nextCursor` 0: the last page)."""
+
+    platform: str
+    status: PlatformStatus
+    total: Count
+    authorizers: list[AdminAuthorizer]
+    next_cursor: Count
+
+
+_CURSOR = msgspec.Meta(pattern="^[0-9]{1,19}$", description="From an earlier page's nextCursor")
+_PAGE = msgspec.Meta(pattern="^[0-9]{1,4}$", description="About this many (at most 1000; 500 when left out)")
+
+
+class AuthorizersQuery(_Shape):
+    cursor: Annotated[str, _CURSOR] | None = None
+    count: Annotated[str, _PAGE] | None = None
+
+
+class NewAuthorizer(_Closed):
+    """An authorizer added by hand: its appId and the refresh token the platform got for it."""
+
+    appid: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    refresh_token: Annotated[str, msgspec.Meta(min_length=1, max_length=512)] = msgspec.field(name="refresh_token")
+
+
+class CallbackCheckRequest(_Closed):
+    """WeChat's network check of the account's callback URL (`callback/check`)."""
+
+    action: Literal["dns", "ping", "all"] = "all"
+    check_operator: Literal["CHINANET", "UNICOM", "CAP", "DEFAULT"] = msgspec.field(
+        default="DEFAULT", name="check_operator"
+    )
+
+
+class DnsResult(_Closed):
+    ip: str
+    real_operator: str
+
+
+class PingResult(_Closed):
+    ip: str
+    from_operator: str
+    package_loss: str
+    time: str
+
+
+class CallbackCheck(_Closed):
+    """What WeChat found resolving and pinging the callback URL's addresses."""
+
+    app: str
+    dns: list[DnsResult] = []
+    ping: list[PingResult] = []
 
 
 class ErrorDetail(_Closed):

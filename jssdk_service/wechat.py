@@ -18,6 +18,7 @@ scrubbed from its text.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import random
 import re
@@ -46,12 +47,17 @@ from jssdk_service.tokens import AccessToken, JsapiTicket, external_token
 logging.getLogger("httpx").setLevel(logging.WARNING)
 logging.getLogger("httpcore").setLevel(logging.WARNING)
 
-API = Literal["token", "stable_token", "getticket", "gettoken", "get_jsapi_ticket", "get_agent_ticket"]
+API = Literal["token", "stable_token", "getticket", "gettoken", "get_jsapi_ticket", "get_agent_ticket",
+              "api_component_token", "api_query_auth", "api_authorizer_token",
+              "getcallbackip", "get_api_domain_ip", "callback_check"]  # fmt: skip
 Dialect = Literal["wechat", "wecom"]
 TicketKind = Literal["jsapi", "corp", "agent"]
 """An official account's jsapi_ticket; a WeCom corp's ticket (wx.config); a WeCom app's (wx.agentConfig)."""
 TOKEN_INVALID = frozenset({40001, 40014, 42001})
 TICKET_APIS = frozenset({"getticket", "get_jsapi_ticket", "get_agent_ticket"})
+# The platform's calls made with its component_access_token: 40001/42001 there mean that token died.
+COMPONENT_APIS = frozenset({"api_query_auth", "api_authorizer_token"})
+_TOKEN_USING = TICKET_APIS | COMPONENT_APIS
 BUSY = -1
 MINUTE_QUOTA = 45011
 DAILY_QUOTA = 45009  # WeCom: an hourly (or other) frequency limit
@@ -99,6 +105,15 @@ class _Call:
     json: dict[str, Any] | None = field(default=None, kw_only=True, repr=False)
     hidden: tuple[str, ...] = field(default=(), kw_only=True, repr=False)
     dialect: Dialect = field(default="wechat", kw_only=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What WeChat grants a platform for an authorizer: its access token and its refresh token."""
+
+    app_id: str
+    token: AccessToken = field(repr=False)
+    refresh_token: str = field(repr=False)
 
 
 class _Retryable(Exception):
@@ -229,6 +244,59 @@ class WeChatClient:
         self._observe(key, "token_source", "ok")
         return token
 
+    async def fetch_component_token(
+        self, *, component_appid: str, secret: str, verify_ticket: str, turn: Turn | None = None
+    ) -> AccessToken:
+        """A platform's component_access_token, for the latest component_verify_ticket WeChat pushed."""
+        payload = {"component_appid": component_appid, "component_appsecret": secret,
+                   "component_verify_ticket": verify_ticket}  # fmt: skip
+        call = _Call(component_appid, "api_component_token", "POST", "/cgi-bin/component/api_component_token",
+                     json=payload, hidden=(secret, verify_ticket))  # fmt: skip
+        body, sent_at = await self._call(call, turn or self.scheduler.turn())
+        value = _string_field(body, "component_access_token", component_appid)
+        return AccessToken(value=value, obtained_at=sent_at, expires_in=_expires_in(body, component_appid))
+
+    async def query_auth(
+        self, *, component_appid: str, component_token: AccessToken, code: str, turn: Turn | None = None
+    ) -> Grant:
+        """What an authorization code grants (`api_query_auth`): the authorizer, its token and refresh token."""
+        call = _Call(component_appid, "api_query_auth", "POST", "/cgi-bin/component/api_query_auth",
+                     params={"component_access_token": component_token.value},
+                     json={"component_appid": component_appid, "authorization_code": code},
+                     hidden=(component_token.value, code))  # fmt: skip
+        body, sent_at = await self._call(call, turn or self.scheduler.turn())
+        info = body.get("authorization_info")
+        if not isinstance(info, dict):
+            raise UpstreamUnavailable("WeChat answered without 'authorization_info'", app_id=component_appid)
+        app_id = _string_field(info, "authorizer_appid", component_appid)
+        refresh = info.get("authorizer_refresh_token")
+        token = info.get("authorizer_access_token")
+        if not isinstance(refresh, str) or not refresh or not isinstance(token, str) or not token:
+            # Present only when the account granted the platform API permissions (func_info).
+            fix = "the account must authorize the platform with its web page permissions"
+            raise UpstreamRejected(0, "the authorization grants no API permissions (no refresh token)",
+                                   app_id=app_id, api="api_query_auth", fix=fix)  # fmt: skip
+        access = AccessToken(value=token, obtained_at=sent_at, expires_in=_expires_in(info, app_id))
+        return Grant(app_id=app_id, token=access, refresh_token=refresh)
+
+    async def fetch_authorizer_token(
+        self, *, component_appid: str, component_token: AccessToken, app_id: str, refresh_token: str,
+        turn: Turn | None = None,
+    ) -> Grant:  # fmt: skip
+        """An authorizer's access token from its refresh token (`api_authorizer_token`), and the refresh
+        token WeChat answers with (the same one, unless it says otherwise)."""
+        payload = {"component_appid": component_appid, "authorizer_appid": app_id,
+                   "authorizer_refresh_token": refresh_token}  # fmt: skip
+        call = _Call(app_id, "api_authorizer_token", "POST", "/cgi-bin/component/api_authorizer_token",
+                     params={"component_access_token": component_token.value}, json=payload,
+                     hidden=(component_token.value, refresh_token))  # fmt: skip
+        body, sent_at = await self._call(call, turn or self.scheduler.turn())
+        token = _string_field(body, "authorizer_access_token", app_id)
+        refresh = body.get("authorizer_refresh_token")
+        access = AccessToken(value=token, obtained_at=sent_at, expires_in=_expires_in(body, app_id))
+        return Grant(app_id=app_id, token=access, refresh_token=refresh if isinstance(refresh, str) and refresh
+                     else refresh_token)  # fmt: skip
+
     async def _call(self, call: _Call, turn: Turn) -> tuple[dict[str, Any], float]:
         """WeChat's answer, and when the request it answers was sent (`clock` time)."""
         policy = self._policy
@@ -291,7 +359,7 @@ class WeChatClient:
         wecom = call.dialect == "wecom"
         if errcode == BUSY or (wecom and errcode == WECOM_OVERLOAD):
             raise _Retryable(str(errcode), f"{base}: errcode {errcode} (system busy)")
-        if errcode in TOKEN_INVALID and api in TICKET_APIS:
+        if errcode in TOKEN_INVALID and api in _TOKEN_USING:
             raise TokenInvalid(errcode, errmsg, app_id=app_id, api=api)
         if errcode == MINUTE_QUOTA:
             raise RateLimited(f"WeChat errcode 45011: {errmsg}", app_id=app_id, api=api)
@@ -308,6 +376,54 @@ class WeChatClient:
         ready = [base for base in bases if self._cooling_until.get(base, 0.0) <= now]
         # When every base is cooling, try them all, the one that cools first first.
         return ready or sorted(bases, key=lambda base: self._cooling_until.get(base, 0.0))
+
+    async def fetch_ip_list(
+        self, *, app_id: str, token: AccessToken, which: Literal["callback", "api"], wecom: bool = False
+    ) -> list[str]:
+        """WeChat's current IP list, each entry a single IP or a CIDR range (WECOM_PLATFORM.md C.1): where
+        its pushes come from (`callback`), or its API's entry points (`api`); WeCom's when `wecom`."""
+        api: API = "getcallbackip" if which == "callback" else "get_api_domain_ip"
+        call = _Call(app_id, api, "GET", f"/cgi-bin/{api}", params={"access_token": token.value},
+                     hidden=(token.value,), dialect="wecom" if wecom else "wechat")  # fmt: skip
+        entries = (await self._ops_call(call)).get("ip_list")
+        if not isinstance(entries, list) or not entries:
+            raise UpstreamUnavailable(f"WeChat {api} answered no 'ip_list' (or an empty one)", app_id=app_id, api=api)
+        for entry in entries:
+            try:
+                # ip_network would take an int too: only text is an address here.
+                ipaddress.ip_network(entry if isinstance(entry, str) else "", strict=False)
+            except ValueError:
+                shown = repr(entry)[:60]
+                raise UpstreamUnavailable(f"WeChat {api} answered {shown} in 'ip_list', which is not an IP address or "
+                                          "range", app_id=app_id, api=api) from None  # fmt: skip
+        return list(entries)
+
+    async def check_callback(self, *, app_id: str, token: AccessToken, action: str, operator: str) -> dict[str, Any]:
+        """WeChat's network check of the account's callback URL (`callback/check`, WECOM_PLATFORM.md C.2):
+        its answer, `{"dns": [...], "ping": [...]}`, without errcode and errmsg."""
+        call = _Call(app_id, "callback_check", "POST", "/cgi-bin/callback/check", params={"access_token": token.value},
+                     json={"action": action, "check_operator": operator}, hidden=(token.value,))  # fmt: skip
+        try:
+            body = await self._ops_call(call)
+        except UpstreamRejected as exc:
+            fix = {40201: "no callback URL is configured for the account (or it is not valid): set it in the admin "
+                          "console", 40202: "action must be dns, ping or all",
+                   40203: "check_operator must be CHINANET, UNICOM, CAP or DEFAULT"}.get(exc.errcode)  # fmt: skip
+            if fix is None:
+                raise
+            raise UpstreamRejected(exc.errcode, exc.errmsg, app_id=app_id, api=call.api, fix=fix) from None
+        return {key: value for key, value in body.items() if key not in ("errcode", "errmsg")}
+
+    async def _ops_call(self, call: _Call) -> dict[str, Any]:
+        """The answer of an operations API called with an access_token, where 40001/40014/42001 mean that
+        token died (`TokenInvalid`), never a refused AppSecret."""
+        try:
+            body, _ = await self._call(call, self.scheduler.turn())
+        except UpstreamRejected as exc:
+            if exc.errcode in TOKEN_INVALID:
+                raise TokenInvalid(exc.errcode, exc.errmsg, app_id=call.app_id, api=call.api) from None
+            raise
+        return body
 
     def observe(self, app_id: str, api: str, outcome: str) -> None:
         """Tell the call observers (metrics, the daily counts) of a call made elsewhere: a token source's
@@ -350,6 +466,26 @@ _WECOM_FIXES = {
 }
 
 
+_PUSHES = (
+    "WeChat pushes a new one every 10 minutes to /v1/platform/<component_appid>/events: check that "
+    "they arrive (the platform's 授权事件接收URL, and the callback allow list: "
+    "jssdk-service wechat-ips --callback)"
+)
+_COMPONENT_FIXES = {
+    40125: "WeChat refused the component_appsecret: check the platform's secret (secret_env or secret_file)",
+    41004: "the component_appsecret is missing: set the platform's secret",
+    41018: "the component_appid is missing: report this as a jssdk-service bug",
+    61003: "the account has not authorized the platform (or withdrew it): it must authorize it again",
+    61005: f"the component_verify_ticket expired: {_PUSHES}",
+    61006: f"the component_verify_ticket is not valid: {_PUSHES}",
+    61009: "the authorization code is not valid (or was used): authorize again",
+    61010: "the authorization code expired: authorize again",
+    61011: "WeChat does not know this platform: check component_appid",
+    61023: "the authorizer's refresh token is no longer valid (it authorized again, or withdrew): it must "
+    "authorize the platform again",
+}
+
+
 def fix_for(errcode: int, errmsg: str, api: str, dialect: Dialect = "wechat") -> str:
     """What an operator should do about a refused call, in one sentence."""
     if dialect == "wecom":
@@ -359,9 +495,15 @@ def fix_for(errcode: int, errmsg: str, api: str, dialect: Dialect = "wechat") ->
             return f"add {ip} to the app's trusted IPs (企业可信IP) in the WeCom admin console; applies within a minute"
         return _WECOM_FIXES.get(errcode, "see WeCom's errcode list; retrying on a slow schedule")
     if errcode in (40164, 61004):
-        found = re.search(r"invalid ip ([0-9a-fA-F.:]+)", errmsg)
+        found = re.search(r"(?:invalid ip|requestIP:?) ?([0-9a-fA-F.:]+)", errmsg)
         ip = found.group(1) if found else "this server's egress IP"
+        if api == "api_component_token":
+            return f"add {ip} to the platform's IP whitelist (白名单IP地址列表) in the open platform console"
         return f"add {ip} to the account's API IP whitelist in the WeChat admin console"
+    if api == "api_component_token" or api in COMPONENT_APIS:
+        found_fix = _COMPONENT_FIXES.get(errcode)
+        if found_fix is not None:
+            return found_fix
     if 89501 <= errcode <= 89507:
         return "WeChat is waiting for the account administrator to confirm this IP: retrying later"
     if errcode == 40001 and api == "getticket":

@@ -23,7 +23,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from jssdk_service.config import Account, Secret
+from jssdk_service.config import Account, Platform, Secret
 from jssdk_service.fastlane import FastLane
 from jssdk_service.keys import STORE
 from jssdk_service.sandbox import IssuedCredential, WeChatSandbox
@@ -43,6 +43,23 @@ AGENT_ID = "1000002"
 WECOM_SECRET = "wecom-app-secret-value-0123456789abcdef"
 WECOM_KEY = f"{CORP_ID}:{AGENT_ID}"
 # The test account as `serve` reads it from the environment.
+# The test third-party platform and its message keys (an EncodingAESKey is 43 characters).
+COMPONENT_APPID = "wx0000000000000c01"
+COMPONENT_SECRET = "component-secret-value-0123456789abcdef"
+MESSAGE_TOKEN = "platform-message-token"
+AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+OLD_AES_KEY = "kWxPEV2UEDyxWpmPdKC3F4dgPDmOvfKX1HGnEUDS1aR"
+AUTHORIZER = "wxa00000000000a001"
+PLATFORM_ENV = {"PLATFORM_SECRET": COMPONENT_SECRET, "PLATFORM_TOKEN": MESSAGE_TOKEN, "PLATFORM_AES_KEY": AES_KEY}
+PLATFORM_TOML = f"""
+[[platforms]]
+component_appid = "{COMPONENT_APPID}"
+secret_env = "PLATFORM_SECRET"
+token_env = "PLATFORM_TOKEN"
+aes_key_env = "PLATFORM_AES_KEY"
+web_domains = ["example.com", "localhost", "127.0.0.1"]
+"""
+
 ACCOUNT_ENV = {"JSSDK_APP_ID": APP_ID, "JSSDK_APP_SECRET": SECRET, "JSSDK_ALLOWED_HOSTS": "example.com"}
 CLI = (sys.executable, "-m", "jssdk_service")
 Process = asyncio.subprocess.Process
@@ -99,6 +116,33 @@ def make_wecom_account(**overrides: Any) -> Account:
     }
     fields.update(overrides)
     return Account(**fields)
+
+
+def make_platform(**overrides: Any) -> Platform:
+    """The test platform: its authorizers sign for example.com, localhost and 127.0.0.1."""
+    fields: dict[str, Any] = {
+        "component_appid": COMPONENT_APPID,
+        "name": "platform",
+        "secret": Secret(COMPONENT_SECRET),
+        "token": Secret(MESSAGE_TOKEN),
+        "aes_key": Secret(AES_KEY),
+        "web_domains": HOSTS,
+    }
+    fields.update(overrides)
+    return Platform(**fields)
+
+
+def sandbox_platform(callback_url: str | None = None, aes_key: str = AES_KEY) -> Any:
+    """The test platform as the sandbox knows it (a `SandboxPlatform`), pushing to `callback_url`."""
+    from jssdk_service.sandbox_platform import SandboxPlatform
+
+    return SandboxPlatform(component_appid=COMPONENT_APPID, secret=COMPONENT_SECRET, token=MESSAGE_TOKEN,
+                           aes_key=aes_key, callback_url=callback_url)  # fmt: skip
+
+
+def events_url(base: str, component_appid: str = COMPONENT_APPID) -> str:
+    """The service's events endpoint of a platform: where the sandbox pushes."""
+    return f"{base}/v1/platform/{component_appid}/events"
 
 
 @dataclass

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import yaml
 
+from jssdk_service.cli import _parser
 from jssdk_service.config import Settings, load_settings
 from jssdk_service.sandbox import closed_port_url
 
@@ -29,6 +30,10 @@ from .helpers import RunningService
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 TEMPLATE = DEPLOY / "nginx" / "templates" / "jssdk.conf.template"
+# WeChat's callback IPs: the file the template includes from nginx's configuration directory, and its fallback.
+(CALLBACK_IPS_INCLUDE,) = re.findall(r"^\s*include\s+([^;]+);", TEMPLATE.read_text(), re.MULTILINE)
+CALLBACK_IPS_PATH = f"/etc/nginx/{CALLBACK_IPS_INCLUDE}"
+SHIPPED_CALLBACK_IPS = DEPLOY / "nginx" / "wechat-callback-ips.conf"
 # Every variable the service reads is spelled out in config.py.
 SERVICE_ENV = frozenset(re.findall(r'"(JSSDK_[A-Z0-9_]+)"', (ROOT / "jssdk_service" / "config.py").read_text()))
 # The sidecar's environment fills exactly the template's placeholders.
@@ -125,11 +130,11 @@ def plain_env(spec: Mapping[str, Any]) -> dict[str, str]:
     return {e["name"]: e["value"] for e in spec.get("env", []) if "value" in e}
 
 
-def systemd_unit() -> dict[str, list[tuple[str, str]]]:
-    """Each section of the unit as its (key, value) lines, in order; keys may repeat."""
+def systemd_unit(name: str = "jssdk-service.service") -> dict[str, list[tuple[str, str]]]:
+    """Each section of the unit `name` as its (key, value) lines, in order; keys may repeat."""
     sections: dict[str, list[tuple[str, str]]] = {}
     current: list[tuple[str, str]] = []
-    for raw in (DEPLOY / "systemd" / "jssdk-service.service").read_text().splitlines():
+    for raw in (DEPLOY / "systemd" / name).read_text().splitlines():
         line = raw.strip()
         if line.startswith("[") and line.endswith("]"):
             current = sections.setdefault(line[1:-1], [])
@@ -139,8 +144,8 @@ def systemd_unit() -> dict[str, list[tuple[str, str]]]:
     return sections
 
 
-def unit_values(key: str) -> list[str]:
-    return [value for key_, value in systemd_unit()["Service"] if key_ == key]
+def unit_values(key: str, name: str = "jssdk-service.service", section: str = "Service") -> list[str]:
+    return [value for key_, value in systemd_unit(name)[section] if key_ == key]
 
 
 def service_settings(env: Mapping[str, str], tmp_path: Path, secret_file: str) -> Settings:
@@ -284,6 +289,8 @@ def test_compose_puts_the_sidecar_in_front_of_the_service(tmp_path: Path) -> Non
     assert published == [nginx["environment"]["LISTEN_PORT"]]
     source, target, mode = nginx["volumes"][0].split(":")
     assert ((DEPLOY / source).resolve(), target, mode) == (TEMPLATE.parent, "/etc/nginx/templates", "ro")
+    source, target, mode = nginx["volumes"][1].split(":")
+    assert ((DEPLOY / source).resolve(), target, mode) == (SHIPPED_CALLBACK_IPS, CALLBACK_IPS_PATH, "ro")
     assert nginx["tmpfs"] == ["/etc/nginx/conf.d"]
 
     assert (DEPLOY / jssdk["build"]["context"]).resolve() == ROOT
@@ -316,13 +323,30 @@ def test_k8s_resources_and_the_generated_template_exist() -> None:
     document = kustomization()
     assert all((DEPLOY / resource).is_file() for resource in document["resources"])
     assert sorted(document["resources"]) == sorted(f"k8s/{p.name}" for p in (DEPLOY / "k8s").glob("*.yaml"))
-    (generator,) = document["configMapGenerator"]
+    generators = {g["name"]: g for g in document["configMapGenerator"]}
+    assert set(generators) == {"jssdk-nginx-templates", "jssdk-wechat-callback-ips"}
+    generator = generators["jssdk-nginx-templates"]
     assert [(DEPLOY / f).resolve() for f in generator["files"]] == [TEMPLATE]
     volumes = {v["name"]: v for v in pod_spec()["volumes"]}
     mounts = {m["name"]: m for m in container(pod_spec(), "nginx")["volumeMounts"]}
     assert volumes["nginx-templates"]["configMap"]["name"] == generator["name"]
     assert mounts["nginx-templates"]["mountPath"] == "/etc/nginx/templates"
     assert (mounts["nginx-conf"]["mountPath"], volumes["nginx-conf"]["emptyDir"]) == ("/etc/nginx/conf.d", {})
+
+
+def test_k8s_mounts_the_callback_allow_list_where_the_template_includes_it() -> None:
+    """The shipped fallback is a ConfigMap of a fixed name (the CronJob replaces it) mounted at /etc/nginx/<include>."""
+    (ips,) = [g for g in kustomization()["configMapGenerator"] if g["name"] == "jssdk-wechat-callback-ips"]
+    assert [(DEPLOY / f).resolve() for f in ips["files"]] == [SHIPPED_CALLBACK_IPS]
+    assert ips["options"]["disableNameSuffixHash"] is True
+    volume = next(v for v in pod_spec()["volumes"] if v["name"] == "wechat-callback-ips")
+    mount = next(m for m in container(pod_spec(), "nginx")["volumeMounts"] if m["name"] == "wechat-callback-ips")
+    assert volume["configMap"]["name"] == ips["name"]
+    assert (mount["mountPath"], mount["subPath"]) == (CALLBACK_IPS_PATH, SHIPPED_CALLBACK_IPS.name)
+    assert mount["readOnly"] is True
+    guide = (DEPLOY / "README.md").read_text()
+    assert "kind: CronJob" in guide and f"kubectl create configmap {ips['name']}" in guide
+    assert "kubectl rollout restart deployment/jssdk-service" in guide
 
 
 def test_k8s_service_container_env_ports_and_probes(tmp_path: Path) -> None:
@@ -395,6 +419,36 @@ def test_the_systemd_unit_runs_the_service_on_loopback_with_its_secret_as_a_cred
     settings = systemd_settings(tmp_path)
     assert (settings.host, settings.port) == ("127.0.0.1", 8080)
     assert systemd_unit()["Install"] == [("WantedBy", "multi-user.target")]
+
+
+def test_the_daily_refresh_rewrites_the_include_and_reloads_nginx_only_on_success() -> None:
+    """A oneshot runs `wechat-ips --callback --format nginx --output /etc/nginx/<include>` with the service's
+    settings, reloads nginx in ExecStartPost (skipped on failure), and a timer starts it daily at a random minute."""
+    unit = "jssdk-wechat-ips.service"
+    assert unit_values("Type", unit) == ["oneshot"]
+    (command,) = unit_values("ExecStart", unit)
+    program, *args = shlex.split(command)
+    assert program == unit_values("ExecStart")[0].split()[0]
+    parsed = _parser().parse_args(args)
+    assert (parsed.command, parsed.which, parsed.format, parsed.output) == ("wechat-ips", "callback", "nginx",
+                                                                            CALLBACK_IPS_PATH)  # fmt: skip
+    assert unit_values("ExecStartPost", unit) == ["+/usr/sbin/nginx -s reload"]
+    assert unit_values("ReadWritePaths", unit) == [str(Path(CALLBACK_IPS_PATH).parent)]
+    assert unit_values("ProtectSystem", unit) == ["strict"]
+    for key in ("EnvironmentFile", "LoadCredential"):
+        assert unit_values(key, unit) == unit_values(key), key
+    assert "JSSDK_APP_SECRET_FILE=%d/app-secret" in unit_values("Environment", unit)
+
+    timer = "jssdk-wechat-ips.timer"
+    assert unit_values("OnCalendar", timer, "Timer") == ["daily"]
+    (delay,) = unit_values("RandomizedDelaySec", timer, "Timer")
+    assert seconds(delay) >= 600
+    assert unit_values("Persistent", timer, "Timer") == ["true"]
+    assert systemd_unit(timer)["Install"] == [("WantedBy", "timers.target")]
+    guide = (DEPLOY / "README.md").read_text()
+    assert "## WeChat's pushes: the callback allow list" in guide
+    assert "systemctl enable --now jssdk-wechat-ips.timer" in guide
+    assert f"install -m 0644 deploy/nginx/wechat-callback-ips.conf {CALLBACK_IPS_PATH}" in guide
 
 
 # -- limits, timeouts and stopping -------------------------------------------------------------

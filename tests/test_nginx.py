@@ -7,13 +7,15 @@ or a recording upstream that shows exactly what nginx forwards.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import aiohttp
@@ -22,11 +24,31 @@ from aiohttp import web
 from yarl import URL
 
 from jssdk_service.config import Secret
+from jssdk_service.msgcrypt import MessageCrypt
 from jssdk_service.sandbox import WeChatSandbox, closed_port_url
 
-from .helpers import RunningService, ServiceFactory, free_port, require_binary, verifies
+from .helpers import (
+    ACCOUNT_ENV,
+    AES_KEY,
+    CLI,
+    COMPONENT_APPID,
+    MESSAGE_TOKEN,
+    RunningService,
+    ServiceFactory,
+    clean_environment,
+    events_url,
+    free_port,
+    make_platform,
+    require_binary,
+    verifies,
+)
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "deploy" / "nginx" / "templates" / "jssdk.conf.template"
+# WeChat's callback IPs as the template includes them (relative to nginx's configuration directory).
+CALLBACK_IPS_NAME = "wechat-callback-ips.conf"
+SHIPPED_CALLBACK_IPS = TEMPLATE.parent.parent / CALLBACK_IPS_NAME
+EVENTS = "/v1/platform/wx0000000000000c01/events?timestamp=1&nonce=1&msg_signature=x&encrypt_type=aes"
+PUSH = b"<xml><ToUserName><![CDATA[wx0000000000000c01]]></ToUserName><Encrypt><![CDATA[x]]></Encrypt></xml>"
 PLACEHOLDERS = ("LISTEN_PORT", "JSSDK_UPSTREAM")
 PAGE = "https://example.com/p?a=1#top"
 SECURITY_HEADERS = ("X-Content-Type-Options", "X-Frame-Options", "Referrer-Policy", "Content-Security-Policy",
@@ -38,11 +60,17 @@ def render_template(listen: str, upstream: str) -> str:
     return TEMPLATE.read_text().replace("${LISTEN_PORT}", listen).replace("${JSSDK_UPSTREAM}", upstream)
 
 
-def write_nginx_conf(prefix: Path, listen: str, upstream: str) -> Path:
-    """A complete nginx.conf around the rendered template, every writable path under `prefix`."""
+def write_nginx_conf(prefix: Path, listen: str, upstream: str, *, callback_ips: str | None = None) -> Path:
+    """A complete nginx.conf around the rendered template, every writable path under `prefix`.
+
+    Beside it, as in /etc/nginx, the callback allow list the template includes: `callback_ips`, or the
+    shipped fallback.
+    """
     (prefix / "conf.d").mkdir(parents=True)
     rendered = prefix / "conf.d" / "jssdk.conf"
     rendered.write_text(render_template(listen, upstream))
+    allow_list = SHIPPED_CALLBACK_IPS.read_text() if callback_ips is None else callback_ips
+    (prefix / CALLBACK_IPS_NAME).write_text(allow_list)
     # As root, nginx would hand its workers to `nobody`, who cannot enter pytest's private tmp dirs.
     user = "user root;\n" if os.geteuid() == 0 else ""
     temp_paths = "".join(
@@ -65,7 +93,10 @@ class Nginx:
     error_log: Path
 
 
-NginxFactory = Callable[[str], Awaitable[Nginx]]
+class NginxFactory(Protocol):
+    def __call__(self, upstream: str, *, callback_ips: str | None = None) -> Awaitable[Nginx]:
+        """Start nginx in front of `upstream` (host:port), allowing `callback_ips` (nginx lines) to push."""
+        ...
 
 
 @pytest.fixture
@@ -74,10 +105,10 @@ async def start_nginx(tmp_path: Path) -> AsyncIterator[NginxFactory]:
     binary = require_binary("nginx")
     processes: list[asyncio.subprocess.Process] = []
 
-    async def start(upstream: str) -> Nginx:
+    async def start(upstream: str, *, callback_ips: str | None = None) -> Nginx:
         prefix = tmp_path / f"nginx-{len(processes)}"
         port = free_port()
-        conf = write_nginx_conf(prefix, f"127.0.0.1:{port}", upstream)
+        conf = write_nginx_conf(prefix, f"127.0.0.1:{port}", upstream, callback_ips=callback_ips)
         error_log = prefix / "error.log"
         process = await asyncio.create_subprocess_exec(binary, "-p", str(prefix), "-c", str(conf), "-e", str(error_log),
                                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -165,6 +196,35 @@ def test_nginx_accepts_the_rendered_template(tmp_path: Path) -> None:
     assert "test is successful" in result.stderr
 
 
+def nginx_test(binary: str, prefix: Path, conf: Path) -> subprocess.CompletedProcess[str]:
+    """`nginx -t` of `conf`, with `prefix` as nginx's prefix."""
+    return subprocess.run([binary, "-t", "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+
+
+def test_the_shipped_callback_allow_list_parses_and_is_found_beside_nginx_conf(tmp_path: Path) -> None:
+    """The fallback's four 2021 ranges pass `nginx -t` with the template, included from the -c file's directory."""
+    binary = require_binary("nginx")
+    allowed = re.findall(r"^allow (\S+);$", SHIPPED_CALLBACK_IPS.read_text(), re.MULTILINE)
+    assert allowed == ["81.69.103.0/24", "81.69.101.0/24", "175.24.211.0/24", "101.226.103.0/24"]
+    header = SHIPPED_CALLBACK_IPS.read_text().split("\nallow ", 1)[0]
+    assert "FALLBACK" in header and "2021" in header
+    assert "jssdk-service wechat-ips --callback --format nginx --output /etc/nginx/wechat-callback-ips.conf" in header
+    assert "include wechat-callback-ips.conf;" in TEMPLATE.read_text()
+
+    # The configuration's directory (as /etc/nginx) is not nginx's prefix here: the include must follow the former.
+    conf_dir, prefix = tmp_path / "etc-nginx", tmp_path / "prefix"
+    prefix.mkdir()
+    conf = write_nginx_conf(conf_dir, f"127.0.0.1:{free_port()}", "127.0.0.1:8080")
+    result = nginx_test(binary, prefix, conf)
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
+    (conf_dir / CALLBACK_IPS_NAME).unlink()
+    result = nginx_test(binary, prefix, conf)
+    assert result.returncode != 0
+    assert str(conf_dir / CALLBACK_IPS_NAME) in result.stderr
+
+
 # -- in front of the service -----------------------------------------------------------------
 
 
@@ -241,6 +301,62 @@ async def test_admin_is_not_reachable_through_the_public_listener_even_with_the_
                     assert body["error"]["message"] == "not served on the public listener"
 
 
+async def post_push(local_address: str, url: str, body: bytes = PUSH) -> tuple[int, str, Any]:
+    """POST `body` to `url` from `local_address`: the status, the Content-Type and the JSON body (None if not JSON)."""
+    connector = aiohttp.TCPConnector(local_addr=(local_address, 0))
+    async with aiohttp.ClientSession(connector=connector) as session, session.post(url, data=body) as response:
+        text = await response.text()
+        try:
+            answer = json.loads(text)
+        except ValueError:
+            answer = None
+        return response.status, response.headers.get("Content-Type", ""), answer
+
+
+async def callback_allow_list(sandbox_url: str, output: Path) -> str:
+    """What `jssdk-service wechat-ips --callback --format nginx --output` writes, asking the sandbox."""
+    env = clean_environment(**ACCOUNT_ENV, JSSDK_WECHAT_API_BASE=sandbox_url)
+    process = await asyncio.create_subprocess_exec(*CLI, "wechat-ips", "--callback", "--format", "nginx", "--output",
+                                                   str(output), env=env, stderr=asyncio.subprocess.PIPE)  # fmt: skip
+    _, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()
+    return await asyncio.to_thread(output.read_text)
+
+
+async def test_only_wechats_callback_ips_reach_the_service_with_a_push(
+    start_nginx: NginxFactory, start_service: ServiceFactory, sandbox: WeChatSandbox, sandbox_url: str, tmp_path: Path
+) -> None:
+    """With the list wechat-ips wrote, a push from a callback IP reaches the service and is taken; from elsewhere
+    it is nginx's 403."""
+    service = await start_service(platforms=(make_platform(),))
+    sandbox.callback_ips = ["127.0.0.2/32"]
+    allow_list = await callback_allow_list(sandbox_url, tmp_path / CALLBACK_IPS_NAME)
+    assert "\nallow 127.0.0.2/32;\n" in allow_list
+    nginx = await start_nginx(upstream_of(service), callback_ips=allow_list)
+    crypt = MessageCrypt(token=MESSAGE_TOKEN, aes_key=AES_KEY, receive_id=COMPONENT_APPID)
+    timestamp = str(int(time.time()))
+    fields = {"AppId": COMPONENT_APPID, "InfoType": "component_verify_ticket", "ComponentVerifyTicket": "t"}
+    push, signature = crypt.seal_push(fields, timestamp=timestamp, nonce="5")
+    query = f"timestamp={timestamp}&nonce=5&msg_signature={signature}&encrypt_type=aes"
+    connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.post(f"{events_url(nginx.url)}?{query}", data=push) as response,
+    ):
+        assert (response.status, await response.text()) == (200, "success")
+    # A push nginx let through but the service refuses is the service's own JSON error.
+    status, content_type, body = await post_push("127.0.0.2", f"{nginx.url}{EVENTS}")
+    assert (status, body["error"]["code"]) == (400, "invalid_push"), body
+    assert content_type.startswith("application/json")
+
+    status, content_type, body = await post_push("127.0.0.1", f"{nginx.url}{EVENTS}")
+    assert status == 403
+    assert content_type == "application/json; charset=utf-8"
+    assert body == {"error": {"code": "forbidden", "message": "pushes are accepted from the WeChat callback IPs only"}}
+    # What the runbook (deploy/README.md) tells operators to look for.
+    assert "access forbidden by rule, client: 127.0.0.1" in nginx.error_log.read_text()
+
+
 # -- what nginx sends upstream ---------------------------------------------------------------
 
 
@@ -300,3 +416,33 @@ async def test_a_stopped_service_is_a_json_502(start_nginx: NginxFactory, http: 
         assert response.headers["Content-Type"] == "application/json; charset=utf-8"
         assert (await response.json())["error"]["code"] == "service_unreachable"
         assert all(name in response.headers for name in SECURITY_HEADERS)
+
+
+async def test_a_push_from_elsewhere_never_reaches_the_upstream_and_wechat_is_never_rate_limited(
+    start_nginx: NginxFactory, recording_upstream: RecordingUpstream
+) -> None:
+    """Refused pushes, other spellings and bodies over 16k stop at nginx; 100 pushes at once from WeChat all pass."""
+    nginx = await start_nginx(recording_upstream.address, callback_ips="allow 127.0.0.2/32;\n")
+    status, _, body = await post_push("127.0.0.1", f"{nginx.url}{EVENTS}")
+    assert (status, body["error"]["code"]) == (403, "forbidden")
+    for spelling in ("/v1/platform/wx0000000000000c01%2Fx/events", "/v1/platform/wx.c01/events",
+                     "/v1/platform/wx0000000000000c01/events/"):  # fmt: skip
+        for source in ("127.0.0.1", "127.0.0.2"):
+            status, _, body = await post_push(source, str(URL(f"{nginx.url}{spelling}", encoded=True)))
+            assert (status, body["error"]["code"]) == (404, "not_found"), spelling
+    status, _, _ = await post_push("127.0.0.2", f"{nginx.url}{EVENTS}", b"x" * 17 * 1024)
+    assert status == 413
+    assert recording_upstream.paths() == []
+
+    connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0), limit=0)
+    async with aiohttp.ClientSession(connector=connector) as wechat:
+
+        async def push() -> int:
+            async with wechat.post(f"{nginx.url}{EVENTS}", data=PUSH) as response:
+                await response.read()
+                return response.status
+
+        statuses = await asyncio.gather(*(push() for _ in range(100)))
+    assert statuses == [200] * 100
+    assert recording_upstream.paths() == ["/v1/platform/wx0000000000000c01/events"] * 100
+    assert recording_upstream.requests[0].query_string == EVENTS.partition("?")[2]

@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import subprocess
+import time
 import tomllib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,12 +17,20 @@ import orjson
 import pytest
 
 from jssdk_service.config import Secret, Settings, TokenURL
-from jssdk_service.demo import DEMO_AGENT_ID, DEMO_CENTRAL_APP_ID, DEMO_CENTRAL_NAME, DEMO_CORP_ID, DEMO_WECOM_NAME
+from jssdk_service.demo import (
+    DEMO_AGENT_ID,
+    DEMO_AUTHORIZERS,
+    DEMO_CENTRAL_APP_ID,
+    DEMO_CENTRAL_NAME,
+    DEMO_CORP_ID,
+    DEMO_WECOM_NAME,
+)
 from jssdk_service.errors import ConfigError
 from jssdk_service.sandbox import DEMO_APP_ID
 from jssdk_service.server import SandboxOptions, build_sandbox, start_sandbox
 
 from .helpers import (
+    AES_KEY,
     CLI,
     PAGE,
     WECOM_KEY,
@@ -112,10 +121,10 @@ async def test_the_demo_signs_for_a_wecom_app(demo: Sandboxed, http: aiohttp.Cli
 async def test_the_demo_external_account_signs_with_the_central_servers_token(
     demo: Sandboxed, http: aiohttp.ClientSession
 ) -> None:
-    """The demo external account is ready and signs, with a token only the central token server asked for."""
-    status, ready = await get(http, f"{demo.url}/readyz", verbose="1")
-    assert (status, ready["ready"], ready["total"]) == (200, 3, 3)
-    assert [a["app"] for a in ready["accounts"]] == [DEMO_APP_ID, DEMO_WECOM_NAME, DEMO_CENTRAL_NAME]
+    """The demo external account is ready and signs, with a token only the central token server asked for; the
+    demo platform's authorizers, authorized by the emulator once the service listens, are ready too."""
+    ready = await demo_ready(http, demo)
+    assert [a["app"] for a in ready["accounts"]] == [DEMO_APP_ID, DEMO_WECOM_NAME, DEMO_CENTRAL_NAME, *DEMO_AUTHORIZERS]
     status, config = await get(http, f"{demo.url}/v1/signature", url=PAGE, app=DEMO_CENTRAL_NAME)
     assert (status, config["appId"]) == (200, DEMO_CENTRAL_APP_ID)
     assert await post(http, f"{demo.sandbox}/sandbox/verify", checked(config, appId="appId")) == (
@@ -125,7 +134,25 @@ async def test_the_demo_external_account_signs_with_the_central_servers_token(
     # One token fetched with a secret (the official demo account's), one by the central server, one WeCom gettoken.
     assert calls["central"]["ok"] >= 1 and calls["stable_token"] == {"ok": 1, "failed": 0}
     assert calls["token"] == {"ok": 0, "failed": 0} and calls["gettoken"] == {"ok": 1, "failed": 0}
-    assert calls["getticket"]["ok"] == 2  # the two official accounts' tickets
+    assert calls["getticket"]["ok"] == 2 + len(DEMO_AUTHORIZERS)  # the two official accounts', the authorizers'
+    assert calls["api_component_token"] == {"ok": 1, "failed": 0}
+    assert calls["api_query_auth"] == {"ok": len(DEMO_AUTHORIZERS), "failed": 0}
+    for app_id in DEMO_AUTHORIZERS:
+        status, config = await get(http, f"{demo.url}/v1/signature", url=PAGE, app=app_id)
+        assert (status, config["appId"]) == (200, app_id)
+        assert await post(http, f"{demo.sandbox}/sandbox/verify", checked(config, appId="appId")) == (
+            200, {"errMsg": "config:ok"})  # fmt: skip
+
+
+async def demo_ready(http: aiohttp.ClientSession, demo: Sandboxed) -> dict[str, Any]:
+    """/readyz once the demo's six accounts (three authorizers among them) may all sign."""
+    deadline = time.monotonic() + 15
+    while True:
+        status, ready = await get(http, f"{demo.url}/readyz", verbose="1")
+        if (status, ready["ready"], ready["total"]) == (200, 6, 6) or time.monotonic() > deadline:
+            assert (status, ready["ready"], ready["total"]) == (200, 6, 6), ready
+            return dict(ready)
+        await asyncio.sleep(0.1)
 
 
 async def test_the_demo_answers_requests_naming_no_account_and_serves_its_page(
@@ -248,29 +275,37 @@ def test_the_sandboxs_central_server_takes_one_bearer() -> None:
 
 
 def secret_variables(path: Path) -> list[str]:
-    """The environment variables `path` names for its secrets (`*_env` keys of its accounts)."""
-    accounts = tomllib.loads(path.read_text()).get("accounts", [])
-    return [value for account in accounts for key, value in account.items() if key.endswith("_env")]
+    """The environment variables `path` names for its secrets (`*_env` keys of its accounts and platforms)."""
+    document = tomllib.loads(path.read_text())
+    tables = [*document.get("accounts", []), *document.get("platforms", [])]
+    return [value for table in tables for key, value in table.items() if key.endswith("_env")]
 
 
 def account_lines(path: Path) -> Iterator[tuple[str, str]]:
-    """Each account of `path`: its name, and the kind and token source check-config must say it has."""
-    for account in tomllib.loads(path.read_text())["accounts"]:
+    """Each account and platform of `path`: its name, and what check-config must say it is."""
+    document = tomllib.loads(path.read_text())
+    for account in document.get("accounts", []):
         kind = "WeCom app" if account.get("kind") == "wecom" else "official account"
         source = "token read from" if account.get("token_source") == "external" else "token fetched with its secret"
         yield account["name"], f"{kind} .*, {source}"
+    for platform in document.get("platforms", []):
+        yield platform.get("name", platform["component_appid"]), "third-party platform .* for pages on "
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[path.name for path in EXAMPLES])
 def test_check_config_accepts_each_example_and_describes_its_accounts(example: Path) -> None:
-    """`check-config` accepts each example with its secrets set, and says each account's kind and token source, never a secret."""
-    secrets = {name: f"example-secret-{i}-0123456789" for i, name in enumerate(secret_variables(example))}
+    """`check-config` accepts each example with its secrets set, and says each account's kind and token source
+    (and each platform's domains), never a secret."""
+    secrets = {name: AES_KEY if "AES_KEY" in name else f"example-secret-{i}-0123456789"
+               for i, name in enumerate(secret_variables(example))}  # fmt: skip
     result = subprocess.run([*CLI, "check-config", "--config", str(example)], capture_output=True, text=True,
                             timeout=30, env=clean_environment(**secrets))  # fmt: skip
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     expected = list(account_lines(example))
-    assert lines[0] == f"ok: {len(expected)} account(s)"
+    platforms = len(tomllib.loads(example.read_text()).get("platforms", []))
+    counted = f"ok: {len(expected) - platforms} account(s)" + (f", {platforms} platform(s)" if platforms else "")
+    assert lines[0] == counted
     for line, (name, description) in zip(lines[1:], expected, strict=True):
         assert re.fullmatch(rf"  {re.escape(name)}: {description}.*", line), line
     assert not any(secret in result.stdout for secret in secrets.values())
@@ -278,7 +313,7 @@ def test_check_config_accepts_each_example_and_describes_its_accounts(example: P
 
 def test_the_examples_cover_every_kind_and_source() -> None:
     """Between them the examples configure WeCom apps and both external token sources."""
-    accounts = [a for path in EXAMPLES for a in tomllib.loads(path.read_text())["accounts"]]
+    accounts = [a for path in EXAMPLES for a in tomllib.loads(path.read_text()).get("accounts", [])]
     assert any(a.get("kind") == "wecom" and "secret_env" in a for a in accounts)
     assert any("token_url" in a and "token_url_auth_env" in a for a in accounts)
     assert any("token_redis_key" in a and "token_redis_url" in a for a in accounts)
