@@ -5,6 +5,8 @@
     POST /admin/apps/{app}/refresh            a new jsapi_ticket from WeChat now, past the shared cache
     POST /admin/apps/{app}/refresh?token=1    a new access_token first, then the ticket
     POST /admin/apps/{app}/callback-check     WeChat's network check of the account's callback URL
+    GET  /admin/apps/{app}/quota              WeChat's own quota of the token and ticket APIs, asked now
+    POST /admin/apps/{app}/clear-quota        reset WeChat's daily quotas (clear_quota/v2), confirmed in the body
     GET  /admin/platforms/{c}/authorizers     a platform's authorizers, a page at a time
     POST /admin/platforms/{c}/authorizers     add one with its refresh token (kept only if WeChat takes it)
     DELETE /admin/platforms/{c}/authorizers/{appid}   stop signing for one, and forget its refresh token
@@ -18,6 +20,13 @@ A forced stable token is `force_refresh: true`, which WeChat allows 20 times a d
 (WECHAT.md §1). Those limits are kept in the shared cache (`quotas.ForcedRefreshes`) so that a
 fleet on Redis keeps them together: past either, the answer is 429 `refresh_limited` with the
 time the next is allowed, and WeChat is not called. A classic token has no such limit.
+
+WeChat's own quota (`openapi/quota/get`) counts every caller of the account, not only this service:
+`/admin/apps/{app}/quota` asks it live and keeps the answer in the shared cache for 10 minutes, which
+`/admin/apps` shows beside its own count, so that listing N accounts never calls WeChat N times. A
+reset (`clear_quota/v2`, or `component/clear_quota/v2` for a platform's authorizer) is one of the 10
+WeChat allows an account a month: it needs the account named again in the body, and the resets this
+service made are counted per China month in the shared cache. WeCom has neither API.
 """
 
 from __future__ import annotations
@@ -27,11 +36,14 @@ import hashlib
 import hmac
 import logging
 import math
+import re
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from aiohttp import web
 
+from jssdk_service.cache import SharedCache
 from jssdk_service.clientip import client_ip
 from jssdk_service.component import ComponentCredentials
 from jssdk_service.config import Account, Secret
@@ -42,6 +54,7 @@ from jssdk_service.errors import (
     HourlyLimited,
     InvalidRequest,
     RefreshLimited,
+    TokenInvalid,
     Unauthorized,
     UnknownApp,
     UpstreamRejected,
@@ -49,31 +62,49 @@ from jssdk_service.errors import (
 )
 from jssdk_service.keys import ADMIN_DIGEST, CACHE, CLOCK, PLATFORMS, STORE, WECHAT, find_account
 from jssdk_service.quotas import (
+    DAY,
     FORCED_REFRESH_SPACING,
     FORCED_REFRESHES_PER_DAY,
     WECOM_APP_TICKETS_PER_HOUR,
     WECOM_CORP_TICKETS_PER_HOUR,
     ForcedRefreshes,
+    UpstreamUsage,
+    china_month,
 )
 from jssdk_service.shapes import (
     AdminApp,
     AdminApps,
     AdminAuthorizer,
     AdminAuthorizers,
+    AdminQuota,
     AdminRefresh,
     CallbackCheck,
     CallbackCheckRequest,
+    ClearQuotaRequest,
     DnsResult,
     Lifetime,
     NewAuthorizer,
     PingResult,
     PlatformStatus,
+    QuotaCleared,
     TicketFingerprint,
+    WeChatQuota,
     decode_body,
 )
+from jssdk_service.tokens import AccessToken
+from jssdk_service.wechat import Quota, WeChatClient
 
+R = TypeVar("R")
+_DIGITS = re.compile("[0-9]{1,19}")
 ADMIN_CHUNK = 100
 """`/admin/apps` lets other requests in after this many accounts."""
+QUOTA_KEPT = 600.0
+"""How long `/admin/apps` shows what WeChat's quota/get last answered."""
+RESETS_PER_MONTH = 10  # clear_quota and clear_quota/v2 share them (WECOM_PLATFORM.md C.3, B.5)
+WECOM_HAS_NO_QUOTA_API = (
+    "WeCom has no quota API (neither openapi/quota/get nor clear_quota): its limits are fixed (tickets: 400 an "
+    "hour per corp, 100 per app), and /admin/apps counts them in ticketCallsLastHour"
+)
 log = logging.getLogger("jssdk_service.admin")
 
 
@@ -109,7 +140,7 @@ async def apps(request: web.Request) -> web.Response:
     forced = ForcedRefreshes(config[CACHE])
     entries = []
     store = config[STORE]
-    for index, creds in enumerate(store):
+    for index, creds in enumerate(list(store)):  # accounts may come and go while this waits
         if index and index % ADMIN_CHUNK == 0:
             await asyncio.sleep(0)
         status, account = creds.status(), creds.account
@@ -134,6 +165,7 @@ async def apps(request: web.Request) -> web.Response:
                 fix=status.fix,
                 upstream_calls_today=await creds.calls_today(),
                 forced_token_refreshes_today=await forced.today(status.app_id, now),
+                wechat_quota=_quota_shown(await config[CACHE].get(_quota_key(account.key))),
             )
         )
     return json_response(AdminApps(apps=entries))
@@ -189,10 +221,10 @@ async def callback_check(request: web.Request) -> web.Response:
     """WeChat's network check (`callback/check`): how it resolves and reaches the account's callback URL."""
     config = request.config_dict
     account = _account(find_account(config, request.match_info["app"]), request.match_info["app"])
+    creds = config[STORE][account.key]  # before any wait: an authorizer may be removed meanwhile
     asked = decode_body(await request.read(), CallbackCheckRequest)
-    creds = config[STORE][account.key]
-    answer = await config[WECHAT].check_callback(app_id=account.key, token=await creds.access_token(),
-                                                 action=asked.action, operator=asked.check_operator)  # fmt: skip
+    answer = await _with_token(creds, lambda token: config[WECHAT].check_callback(
+        app_id=account.key, token=token, action=asked.action, operator=asked.check_operator))  # fmt: skip
     try:
         dns = [DnsResult(ip=str(d["ip"]), real_operator=str(d["real_operator"])) for d in answer.get("dns", [])]
         ping = [PingResult(ip=str(p["ip"]), from_operator=str(p["from_operator"]), package_loss=str(p["package_loss"]),
@@ -203,6 +235,133 @@ async def callback_check(request: web.Request) -> web.Response:
     return json_response(CallbackCheck(app=account.name, dns=dns, ping=ping))
 
 
+async def quota(request: web.Request) -> web.Response:
+    """WeChat's own daily limit, used and remaining calls of the account's token and ticket APIs, asked now
+    (and kept for `/admin/apps`), next to the calls the service counted today."""
+    config = request.config_dict
+    account = _account(find_account(config, request.match_info["app"]), request.match_info["app"])
+    answer = await wechat_quota_now(config[WECHAT], config[STORE][account.key], config[CACHE], config[CLOCK]())
+    return json_response(answer)
+
+
+def quota_paths(account: Account) -> dict[str, str]:
+    """The APIs whose WeChat quota the account spends, by the names `upstreamCallsToday` gives them, and their
+    cgi paths (quota/get's `cgi_path`); `InvalidRequest` for a WeCom app, as WeCom has no quota API."""
+    if account.wecom:
+        raise InvalidRequest(WECOM_HAS_NO_QUOTA_API)
+    ticket = {"getticket": "/cgi-bin/ticket/getticket"}
+    if not _fetches_stable_or_classic(account):
+        # An external source's token calls are its owner's; an authorizer's (api_authorizer_token) are the
+        # platform's, counted against its component_access_token.
+        return ticket
+    if account.token_api == "classic":  # noqa: S105 (an API name, not a secret)
+        return {"token": "/cgi-bin/token", **ticket}
+    return {"stable_token": "/cgi-bin/stable_token", **ticket}
+
+
+async def wechat_quota_now(
+    client: WeChatClient, creds: AccountCredentials, cache: SharedCache, now: float
+) -> AdminQuota:
+    """WeChat's quota of each of the account's APIs, asked with the token the service uses (kept in the shared
+    cache for `/admin/apps`), next to the fleet's own count of them today."""
+    account = creds.account
+    paths = quota_paths(account)
+    quotas = await _quotas(client, creds, paths)
+    record = {"asked_at": now, "apis": {api: {"daily_limit": q.daily_limit, "used": q.used, "remain": q.remain}
+                                        for api, q in quotas.items()}}  # fmt: skip
+    await cache.set(_quota_key(account.key), record, QUOTA_KEPT)
+    ours = await UpstreamUsage(clock=lambda: now).today(cache, account.key, tuple(paths))
+    return AdminQuota(app=account.name, app_id=account.key, wechat_quota=_quota_shown(record) or {},
+                      upstream_calls_today=ours)  # fmt: skip
+
+
+async def _with_token(creds: AccountCredentials, ask: Callable[[AccessToken], Awaitable[R]]) -> R:
+    """`ask` an operations API with the token the service holds: once more when WeChat refuses it and the service
+    holds another by then (a forced refresh replaced it on the way), else `UpstreamUnavailable` (never the
+    `TokenInvalid`, which no status answers)."""
+    token = await creds.access_token()
+    for _ in range(2):
+        try:
+            return await ask(token)
+        except TokenInvalid as exc:
+            refused = exc
+        newer = await creds.access_token()
+        if newer.value == token.value:
+            break
+        token = newer
+    raise UpstreamUnavailable(f"{refused.message}: the service replaces a refused token at its next refresh; ask "
+                              "again in a minute", app_id=creds.account.key, api=refused.api)  # fmt: skip
+
+
+async def _quotas(client: WeChatClient, creds: AccountCredentials, paths: dict[str, str]) -> dict[str, Quota]:
+    """quota/get of each path, asked with the token the service holds."""
+    key = creds.account.key
+
+    async def ask(token: AccessToken) -> dict[str, Quota]:
+        return {api: await client.fetch_quota(app_id=key, token=token, cgi_path=cgi_path)
+                for api, cgi_path in paths.items()}  # fmt: skip
+
+    return await _with_token(creds, ask)
+
+
+async def clear_quota(request: web.Request) -> web.Response:
+    """Reset WeChat's daily quotas of the account: one of the 10 resets a month, so only when the body names
+    the account again, exactly as the path does."""
+    config = request.config_dict
+    named = request.match_info["app"]
+    account = _account(find_account(config, named), named)
+    if account.wecom:
+        raise InvalidRequest(WECOM_HAS_NO_QUOTA_API)
+    if account.source is not None:
+        raise InvalidRequest(
+            f"{account.name} reads its token from {account.source.where} and holds no AppSecret, which "
+            "clear_quota/v2 needs: the token's owner must reset the quota (it spends the same quota)"
+        )
+    how = (f'send {{"confirm": "{named}"}} to reset WeChat\'s daily quotas of {account.name}: it uses one of the '
+           f"{RESETS_PER_MONTH} resets WeChat allows an account a month")  # fmt: skip
+    try:
+        asked = decode_body(await request.read(), ClearQuotaRequest)
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"{exc.message}; {how}") from None
+    if asked.confirm != named:  # well formed, yet naming something else: the body contradicts the path
+        raise Conflict(f"confirm does not name the account as the path does; {how}")
+    wechat = config[WECHAT]
+    if account.platform is not None:
+        platform = config[PLATFORMS].named(account.platform).platform
+        await wechat.clear_authorizer_quota(component_appid=platform.component_appid,
+                                            secret=platform.secret.reveal(), app_id=account.key)  # fmt: skip
+    else:
+        await wechat.clear_quota(app_id=account.key, secret=account.reveal_secret())
+    now = config[CLOCK]()
+    cache = config[CACHE]
+    # Only resets WeChat took are counted; a month is at most 31 days, so the counter outlives its own.
+    resets = await cache.increment(f"{account.key}:quota-resets:{china_month(now)}", 1, 32 * DAY)
+    # WeChat's figures from before the reset are wrong now: /admin/apps shows none until they are asked again.
+    await cache.set(_quota_key(account.key), {"cleared_at": now}, QUOTA_KEPT)
+    made = "an unknown number (the shared cache does not answer)" if resets is None else str(resets)
+    log.warning("admin: app=%s WeChat's daily quotas reset (%s); resets made by this service this month: %s of %d",
+                account.name, "component/clear_quota/v2" if account.platform else "clear_quota/v2", made,
+                RESETS_PER_MONTH)  # fmt: skip
+    left = None if resets is None else max(0, RESETS_PER_MONTH - resets)
+    answer = QuotaCleared(app=account.name, app_id=account.key, cleared=True, resets_this_month=resets,
+                          resets_left_this_month=left)  # fmt: skip
+    return json_response(answer)
+
+
+def _quota_key(key: str) -> str:
+    return f"{key}:wechat-quota"
+
+
+def _quota_shown(record: dict[str, Any] | None) -> dict[str, WeChatQuota] | None:
+    """What quota/get answered last, as `/admin/apps` shows it; None when not asked lately (or reset since)."""
+    apis = record.get("apis") if record is not None else None
+    if not apis or record is None:
+        return None
+    asked_at = _iso(record["asked_at"]) or ""
+    return {api: WeChatQuota(daily_limit=q["daily_limit"], used=q["used"], remain=q["remain"], asked_at=asked_at)
+            for api, q in apis.items()}  # fmt: skip
+
+
 def _component(request: web.Request) -> ComponentCredentials:
     return request.config_dict[PLATFORMS].named(request.match_info["component_appid"])
 
@@ -211,11 +370,12 @@ async def authorizers(request: web.Request) -> web.Response:
     """A page of a platform's authorizers (from its table in the shared cache), with their credentials."""
     config = request.config_dict
     component = _component(request)
-    cursor = int(request.query.get("cursor") or 0)
-    count = request.query.get("count") or "500"
-    if not count.isdigit() or not 1 <= int(count) <= 1000:
+    cursor, count = request.query.get("cursor") or "0", request.query.get("count") or "500"
+    if not _DIGITS.fullmatch(cursor) or int(cursor) >= 2**63:
+        raise InvalidRequest("cursor must be a nextCursor of an earlier page")
+    if not _DIGITS.fullmatch(count) or not 1 <= int(count) <= 1000:
         raise InvalidRequest("count must be a number from 1 to 1000")
-    page = await config[CACHE].entries(component.authorizers_key, cursor, int(count))
+    page = await config[CACHE].entries(component.authorizers_key, int(cursor), int(count))
     if page is None:
         raise UpstreamUnavailable("the shared cache does not answer: the authorizers cannot be listed now")
     next_cursor, entries = page
@@ -238,8 +398,10 @@ async def add_authorizer(request: web.Request) -> web.Response:
     component = _component(request)
     new = decode_body(await request.read(), NewAuthorizer)
     platforms = config[PLATFORMS]
-    if platforms.conflicts(new.appid):
-        raise Conflict(f"{new.appid!r} is a configured account: it signs with its own configuration")
+    if platforms.conflicts(component, new.appid):
+        raise Conflict(
+            f"{new.appid!r} is a configured account (or another platform's authorizer): it is signed for as that"
+        )
     try:
         refresh_token, token = await component.verify_refresh_token(new.appid, new.refresh_token)
     except UpstreamRejected as exc:

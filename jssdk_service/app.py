@@ -1,10 +1,10 @@
 """The composition root: `create_app` builds the application from its settings and its parts.
 
 The resources live under the keys of `keys.py`; each one that opens and closes has one cleanup
-context here (the WeChat client, the shared cache, the credential store, the workers' stats
-publisher), so start-up and shutdown mirror each other. The routes come from `routes.py`: the
-public ones, the demo's under `serve --sandbox`, and the admin sub-application at /admin when an
-admin token is set.
+context here (the WeChat client, the shared cache, the credential store, the notifications'
+sender, the workers' stats publisher), so start-up and shutdown mirror each other. The routes come
+from `routes.py`: the public ones, the demo's under `serve --sandbox`, and the admin sub-application
+at /admin when an admin token is set.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from jssdk_service.admin import admin_app
 from jssdk_service.cache import RawKeys, open_cache
 from jssdk_service.component import Platforms, PushGuard
 from jssdk_service.config import Account, Settings, TokenRedisKey
-from jssdk_service.credentials import AuthorizerTokens, CredentialStore, RefreshRules
+from jssdk_service.credentials import AuthorizerTokens, CredentialStore, RefreshRules, StateWatcher
 from jssdk_service.endpoint import Route, install_routes
 from jssdk_service.keys import (
     CACHE,
@@ -38,8 +38,9 @@ from jssdk_service.keys import (
     Lifecycle,
 )
 from jssdk_service.metrics import MULTIPROCESS_DIR, keep_publishing_http_stats, upstream_call_counter
+from jssdk_service.notify import Notifier
 from jssdk_service.openapi import openapi_document
-from jssdk_service.quotas import UpstreamUsage
+from jssdk_service.quotas import QuotaWatcher, UpstreamUsage
 from jssdk_service.reports import PageReports
 from jssdk_service.routes import ADMIN, ADMIN_PREFIX, DEMO, PUBLIC
 from jssdk_service.scheduler import UpstreamScheduler
@@ -73,8 +74,12 @@ def create_app(
     app[SIGNERS] = _signers(settings)
     app[LIFECYCLE] = lifecycle = Lifecycle()
     app[REPORTS] = PageReports()
-    usage = UpstreamUsage(clock=clock)
+    usage = UpstreamUsage(clock=clock, names={account.key: account.name for account in settings.accounts})
     app[CALL_OBSERVERS] = [usage.record, upstream_call_counter(settings.accounts)]
+    notifier = _notifier(settings, clock)
+    state_watchers: tuple[StateWatcher, ...] = () if notifier is None else (notifier.watch_state,)
+    quota_watchers: tuple[QuotaWatcher, ...] = () if notifier is None else (notifier.watch_quota,)
+    usage.watchers.extend(quota_watchers)
 
     async def wechat_client(app: web.Application) -> AsyncIterator[None]:
         observers: list[CallObserver] = app[CALL_OBSERVERS]
@@ -100,7 +105,8 @@ def create_app(
         # Each platform's authorizer tokens, filled in once the platforms exist (they need the store).
         authorizer_tokens: dict[str, AuthorizerTokens] = {}
         rules = RefreshRules(clock=clock, lock_lease=settings.lock_lease, request_wait=settings.request_wait,
-                             usage=usage, source_keys=source_keys, platforms=authorizer_tokens)  # fmt: skip
+                             usage=usage, source_keys=source_keys, platforms=authorizer_tokens,
+                             watchers=state_watchers, quota_watchers=quota_watchers)  # fmt: skip
         cache = app[CACHE]
         store = CredentialStore(settings.accounts, app[WECHAT], cache, rules=rules)
         app[STORE] = store
@@ -127,6 +133,15 @@ def create_app(
             await keys.close()
 
     app.cleanup_ctx.extend([wechat_client, shared_cache, credential_store])
+    if notifier is not None:
+
+        async def notifications(app: web.Application) -> AsyncIterator[None]:
+            # After the store, so it stops first; what the store told before it started waits in its queue.
+            await notifier.start(app[CACHE])
+            yield
+            await notifier.stop()
+
+        app.cleanup_ctx.append(notifications)
     directory = MULTIPROCESS_DIR
     if directory is not None:
 
@@ -148,6 +163,13 @@ def create_app(
         app.add_subapp(ADMIN_PREFIX, admin)
     install_routes(app, routes, lifecycle=lifecycle, access_log=settings.access_log)
     return app
+
+
+def _notifier(settings: Settings, clock: Callable[[], float]) -> Notifier | None:
+    """What tells the configured webhooks of state changes and quotas; None without webhooks."""
+    if not settings.webhooks:
+        return None
+    return Notifier(settings.webhooks, names={account.key: account.name for account in settings.accounts}, clock=clock)
 
 
 def _signers(settings: Settings) -> dict[str, tuple[Account, ...]]:

@@ -98,8 +98,8 @@ class SharedCache(Protocol):
         """Entry `name` of the table `key`, if there is one (and the cache answers)."""
         ...
 
-    async def drop_entry(self, key: str, name: str) -> bool:
-        """Remove entry `name` of the table `key`; True when it was there."""
+    async def drop_entry(self, key: str, name: str) -> bool | None:
+        """Remove entry `name` of the table `key`; True when it was there, None when the cache did not answer."""
         ...
 
     async def entries(self, key: str, cursor: int, count: int) -> tuple[int, dict[str, dict[str, Any]]] | None:
@@ -172,7 +172,7 @@ class MemoryCache:
         text = self._tables.get(key, {}).get(name)
         return None if text is None else _decode(text)
 
-    async def drop_entry(self, key: str, name: str) -> bool:
+    async def drop_entry(self, key: str, name: str) -> bool | None:
         return self._tables.get(key, {}).pop(name, None) is not None
 
     async def entries(self, key: str, cursor: int, count: int) -> tuple[int, dict[str, dict[str, Any]]] | None:
@@ -273,8 +273,9 @@ class RedisCache:
         text = await self._guard(self._cache.client.hget(self._cache._build_key(key), name))
         return None if text is None else _decode(_text(text))
 
-    async def drop_entry(self, key: str, name: str) -> bool:
-        return bool(await self._guard(self._cache.client.hdel(self._cache._build_key(key), name)))
+    async def drop_entry(self, key: str, name: str) -> bool | None:
+        dropped = await self._guard(self._cache.client.hdel(self._cache._build_key(key), name))
+        return None if dropped is None else bool(dropped)
 
     async def entries(self, key: str, cursor: int, count: int) -> tuple[int, dict[str, dict[str, Any]]] | None:
         page = await self._guard(self._cache.client.hscan(self._cache._build_key(key), cursor, count=count))

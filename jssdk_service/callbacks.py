@@ -46,7 +46,7 @@ async def platform_events(request: web.Request) -> web.Response:
                        "message mode to safe mode (安全模式)")  # fmt: skip
     if request.content_length is not None and request.content_length > MAX_PUSH:
         raise PayloadTooLarge(f"a push is at most {MAX_PUSH} bytes")
-    body = await request.content.read(MAX_PUSH + 1)
+    body = await request.read()  # all of it, however many pieces it came in (the app's own limit bounds it)
     if len(body) > MAX_PUSH:
         raise PayloadTooLarge(f"a push is at most {MAX_PUSH} bytes")
     try:
@@ -59,12 +59,12 @@ async def platform_events(request: web.Request) -> web.Response:
     if not guard.in_window(timestamp):
         raise _refused(request, component_appid, "stale",
                        "the push's timestamp is over 5 minutes from our clock (check both clocks)")  # fmt: skip
-    if not await guard.first_time(component_appid, timestamp, nonce, signature):
+    if not await guard.first_time(component_appid, timestamp, nonce):
         raise _refused(request, component_appid, "replayed", "this push was received before (its nonce is used)")
     try:
         await _take(platforms, component, fields)
     except UpstreamError:
-        await guard.forget(component_appid, timestamp, nonce, signature)  # WeChat may push it again as it was
+        await guard.forget(component_appid, timestamp, nonce)  # WeChat may push it again as it was
         raise
     return web.Response(text="success")
 

@@ -1,4 +1,4 @@
-"""The `jssdk-service` command: serve, sign, check-config, doctor, wechat-ips."""
+"""The `jssdk-service` command: serve, sign, check-config, doctor, wechat-ips, quota."""
 
 from __future__ import annotations
 
@@ -10,17 +10,24 @@ import shlex
 import stat
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import orjson
 
 from jssdk_service import __version__
 from jssdk_service.config import Account, Settings, TokenRedisKey, load_settings
-from jssdk_service.errors import ConfigError, TokenInvalid, UpstreamError
+from jssdk_service.errors import ConfigError, RequestError, TokenInvalid, UpstreamError
 from jssdk_service.signing import sign_url
+
+if TYPE_CHECKING:  # imported where used: `sign` and `check-config` start without them
+    from jssdk_service.cache import SharedCache
+    from jssdk_service.credentials import AccountCredentials
+    from jssdk_service.shapes import AdminQuota
+    from jssdk_service.wechat import WeChatClient
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -81,6 +88,11 @@ def _parser() -> argparse.ArgumentParser:
     ips.add_argument("--config", help="TOML file with [[accounts]] (or JSSDK_CONFIG)")
     ips.add_argument("--output", metavar="FILE",
                      help="write FILE atomically instead of printing; kept as it is if the fetch fails")  # fmt: skip
+
+    quota = commands.add_parser("quota", help="print WeChat's own quota of an account's token and ticket APIs")
+    quota.add_argument("--app", required=True, help="the account: its name or appId")
+    quota.add_argument("--config", help="TOML file with [[accounts]] (or JSSDK_CONFIG)")
+    quota.add_argument("--json", action="store_true", help="print the answer as JSON (as GET /admin/apps/{app}/quota)")
     return parser
 
 
@@ -95,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _doctor(args, env)
         elif args.command == "wechat-ips":
             return _wechat_ips(args, env, argv)
+        elif args.command == "quota":
+            return _quota(args, env)
         elif args.command == "check-config":
             settings = load_settings(env, args.config)
             platforms = f", {len(settings.platforms)} platform(s)" if settings.platforms else ""
@@ -103,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"  {account.describe()}")
             for platform in settings.platforms:
                 print(f"  {platform.describe()}")
+            for webhook in settings.webhooks:
+                print(f"  notifications: {webhook!r}")
         else:
             return _serve(args, env)
     except ConfigError as exc:
@@ -173,20 +189,12 @@ def _wechat_ips(args: argparse.Namespace, env: Mapping[str, str], argv: Sequence
     Exits 1 when WeChat (or the token) fails, or FILE cannot be written: FILE is then left as it was.
     """
     settings = load_settings(env, args.config)
-    account = settings.account(args.app) if args.app else next(iter(settings.accounts), None)
-    if account is None:
-        problem = f"has value {args.app!r}; no account has that name or appId" if args.app else "has no account"
-        raise ConfigError("--app", problem)
+    account = _chosen_account(settings, args.app)
     which: Literal["callback", "api"] = "api" if args.which == "api" else "callback"
     try:
         entries = asyncio.run(_fetch_ips(settings, account, which))
     except UpstreamError as exc:
-        fix = getattr(exc, "fix", "") or (
-            "the service replaces a refused token at its next refresh: run this again in a minute"
-            if isinstance(exc, TokenInvalid) else ""
-        )  # fmt: skip
-        print(f"jssdk-service: wechat-ips: {exc.message}" + (f" ({fix})" if fix else ""), file=sys.stderr)
-        return 1
+        return _upstream_failure("wechat-ips", exc)
     if args.format == "nginx":
         text = _nginx_allow_list(entries, which=which, wecom=account.wecom, command=["jssdk-service", *argv])
     else:
@@ -202,9 +210,32 @@ def _wechat_ips(args: argparse.Namespace, env: Mapping[str, str], argv: Sequence
     return 0
 
 
-async def _fetch_ips(settings: Settings, account: Account, which: Literal["callback", "api"]) -> list[str]:
-    """The IP list, asked with the token the running service would use: the fleet's while it is fresh (so
-    the fleet's is never replaced), else a new one under the fleet's lock, as the service gets one."""
+def _chosen_account(settings: Settings, app: str | None) -> Account:
+    """The account `--app` names (its name or appId), or the first without it; a `ConfigError` naming --app."""
+    account = settings.account(app) if app else next(iter(settings.accounts), None)
+    if account is None:
+        problem = f"has value {app!r}; no account has that name or appId" if app else "has no account"
+        raise ConfigError("--app", problem)
+    return account
+
+
+def _upstream_failure(command: str, exc: UpstreamError) -> int:
+    """Print one line saying how WeChat (or the token) failed and what to do; exit code 1."""
+    fix = getattr(exc, "fix", "") or (
+        "the service replaces a refused token at its next refresh: run this again in a minute"
+        if isinstance(exc, TokenInvalid) else ""
+    )  # fmt: skip
+    print(f"jssdk-service: {command}: {exc.message}" + (f" ({fix})" if fix else ""), file=sys.stderr)
+    return 1
+
+
+@contextlib.asynccontextmanager
+async def _as_the_service(
+    settings: Settings, account: Account
+) -> AsyncIterator[tuple[WeChatClient, SharedCache, AccountCredentials]]:
+    """A WeChat client, the shared cache and the account's credentials as the running service has them: asked
+    for a token, they hand out the one the service would use, the fleet's while it is fresh (so the fleet's is
+    never replaced), else a new one under the fleet's lock, as the service gets one."""
     from jssdk_service.cache import RawKeys, open_cache
     from jssdk_service.credentials import AccountCredentials, RefreshRules
     from jssdk_service.quotas import HourlyLimits
@@ -219,14 +250,58 @@ async def _fetch_ips(settings: Settings, account: Account, which: Literal["callb
     try:
         rules = RefreshRules(lock_lease=settings.lock_lease, request_wait=settings.request_wait,
                              source_keys=source_keys)  # fmt: skip
-        creds = AccountCredentials(account, client, cache, rules, HourlyLimits(cache))
-        token = await creds.access_token()
-        return await client.fetch_ip_list(app_id=account.key, token=token, which=which, wecom=account.wecom)
+        yield client, cache, AccountCredentials(account, client, cache, rules, HourlyLimits(cache))
     finally:
         await client.aclose()
         await cache.close()
         for keys in source_keys.values():
             await keys.close()
+
+
+async def _fetch_ips(settings: Settings, account: Account, which: Literal["callback", "api"]) -> list[str]:
+    """The IP list, asked with the token the running service would use."""
+    async with _as_the_service(settings, account) as (client, _, creds):
+        token = await creds.access_token()
+        return await client.fetch_ip_list(app_id=account.key, token=token, which=which, wecom=account.wecom)
+
+
+def _quota(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """Print WeChat's daily limit, used and remaining calls of the account's token and ticket APIs, beside the
+    fleet's own count today (the answer is kept for /admin/apps, as GET /admin/apps/{app}/quota keeps it).
+
+    Exits 1 when WeChat (or the token) fails, 2 for a configuration error (a WeCom app: WeCom has no quota API).
+    """
+    from jssdk_service.admin import quota_paths
+    from jssdk_service.shapes import encode
+
+    settings = load_settings(env, args.config)
+    account = _chosen_account(settings, args.app)
+    try:
+        quota_paths(account)
+    except RequestError as exc:
+        raise ConfigError("--app", f"names {account.name}, a WeCom app: {exc.message}") from None
+    try:
+        answer = asyncio.run(_ask_quota(settings, account))
+    except UpstreamError as exc:
+        return _upstream_failure("quota", exc)
+    if args.json:
+        print(encode(answer).decode())
+        return 0
+    asked = next(iter(answer.wechat_quota.values())).asked_at if answer.wechat_quota else "-"
+    print(f"{answer.app} ({answer.app_id}), asked at {asked}: WeChat's count of every caller of the account, "
+          "and jssdk-service's own count today (China time)")  # fmt: skip
+    print(f"{'api':<14} {'daily_limit':>12} {'used':>10} {'remain':>10} {'ours_today':>11}")
+    for api, quota in answer.wechat_quota.items():
+        ours = answer.upstream_calls_today.get(api, 0)
+        print(f"{api:<14} {quota.daily_limit:>12} {quota.used:>10} {quota.remain:>10} {ours:>11}")
+    return 0
+
+
+async def _ask_quota(settings: Settings, account: Account) -> AdminQuota:
+    from jssdk_service.admin import wechat_quota_now
+
+    async with _as_the_service(settings, account) as (client, cache, creds):
+        return await wechat_quota_now(client, creds, cache, time.time())
 
 
 def _nginx_allow_list(

@@ -38,12 +38,21 @@ from jssdk_service.config import Account, Platform
 from jssdk_service.credentials import (
     REJECTED_RETRY,
     UNAVAILABLE_RETRY,
+    ComponentTokenNeeded,
     CredentialStore,
     RefreshRules,
     backoff,
     under_fleet_lock,
 )
-from jssdk_service.errors import TokenInvalid, UnknownPlatform, UpstreamError, UpstreamRejected, UpstreamUnavailable
+from jssdk_service.errors import (
+    TokenInvalid,
+    UnknownPlatform,
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamUnavailable,
+    failure_class,
+)
+from jssdk_service.metrics import count_refresh_failure
 from jssdk_service.msgcrypt import MessageCrypt
 from jssdk_service.scheduler import Turn
 from jssdk_service.tokens import AccessToken
@@ -58,6 +67,8 @@ PUSH_WINDOW = 300.0
 MAX_NONCES = 100_000
 AUTHORIZERS_PAGE = 500
 RESYNC_EVERY = 300.0
+# News of authorizers waiting to be followed; beyond it the periodic re-read catches up.
+MAX_NEWS = 10_000
 PREFIX = "component"
 
 
@@ -92,6 +103,14 @@ class ComponentCredentials:
         self._failures = 0
         # The refresh tokens read or written here: what an authorizer refreshes with while the cache is away.
         self._refresh_tokens: dict[str, str] = {}
+        # What the shared table did not take while the cache was away: written back at the next sync
+        # (a refresh token, or None for a removal).
+        self.pending: dict[str, dict[str, Any] | None] = {}
+        # The last pushed ticket, for a token fetch while the cache is away.
+        self._last_ticket: str | None = None
+        # The token WeChat last refused: not taken again from the shared cache if deleting it failed there.
+        self._refused: str | None = None
+        self._adopting: asyncio.Task[None] | None = None
         self.last_push: float | None = None
 
     def __repr__(self) -> str:
@@ -103,13 +122,13 @@ class ComponentCredentials:
         """Keep the ticket WeChat just pushed for the fleet; a token fetch waiting for one may try at once."""
         now = self._clock()
         await self._cache.set(self._ticket_key, {"value": value, "obtained_at": now}, VERIFY_TICKET_LIFE)
-        self.last_push = now
+        self._last_ticket, self.last_push = value, now
         if self._error is not None and getattr(self._error, "errcode", None) in (None, 61005, 61006):
             self._blocked_until = 0.0
 
     async def _verify_ticket(self) -> str:
         record = await self._cache.get(self._ticket_key)
-        value = None if record is None else record.get("value")
+        value = self._last_ticket if record is None else record.get("value")
         if not isinstance(value, str) or not value:
             raise UpstreamUnavailable(
                 "no component_verify_ticket yet: WeChat pushes one every 10 minutes to "
@@ -160,6 +179,12 @@ class ComponentCredentials:
         except UpstreamError as exc:
             self._record_failure(exc)
             raise
+        except Exception as exc:  # a record this version cannot read, say: a failed refresh, never the end of one
+            log.exception("platform=%s component_access_token refresh failed unexpectedly",
+                          self.platform.component_appid)  # fmt: skip
+            failure = UpstreamUnavailable(f"refresh failed: {type(exc).__name__}", app_id=self.platform.component_appid)
+            self._record_failure(failure)
+            raise failure from None
         self._token = token
         if self._error is not None:
             log.info("platform=%s component_access_token recovered", self.platform.component_appid)
@@ -174,7 +199,8 @@ class ComponentCredentials:
             token = AccessToken.from_record(record)
         except (KeyError, TypeError, ValueError):
             return None
-        return token if token.fresh(self._clock()) and token != self._token else None
+        fresh = token.fresh(self._clock()) and token != self._token and token.value != self._refused
+        return token if fresh else None
 
     async def _new_token(self, turn: Turn, cold: bool) -> AccessToken:
         platform = self.platform
@@ -190,6 +216,7 @@ class ComponentCredentials:
         return token
 
     def _record_failure(self, exc: UpstreamError) -> None:
+        count_refresh_failure(self.platform.name, failure_class(exc))
         now = self._clock()
         first = self._error is None or str(self._error) != str(exc)
         self._error = exc
@@ -204,8 +231,8 @@ class ComponentCredentials:
     def on_news(self) -> None:
         """Another process stored a new component token: take it at the next use (fresh ones only)."""
         self._token = None if self._token is not None and not self._token.usable(self._clock()) else self._token
-        if self._flight is None:
-            asyncio.get_running_loop().create_task(self._adopt())
+        if self._flight is None and (self._adopting is None or self._adopting.done()):
+            self._adopting = asyncio.get_running_loop().create_task(self._adopt())
 
     async def _adopt(self) -> None:
         shared = await self._shared_token()
@@ -228,6 +255,9 @@ class ComponentCredentials:
             else:
                 delay = max(0.0, self._blocked_until - now)
             await asyncio.sleep(max(0.05, delay))
+
+    def running_tasks(self) -> list[asyncio.Task[Any]]:
+        return [t for t in (self._flight, self._adopting) if t is not None and not t.done()]
 
     def token_ttl(self, now: float) -> float | None:
         token = self._token
@@ -256,7 +286,9 @@ class ComponentCredentials:
                                    api="api_authorizer_token",
                                    fix="it must authorize the platform again, or be added with its refresh token: "
                                    f"POST /admin/platforms/{self.platform.component_appid}/authorizers")  # fmt: skip
-        component = await self.component_token(turn)
+        component = self.usable_token()
+        if component is None:
+            raise ComponentTokenNeeded  # the refresh gets it outside its upstream slot, then comes back
         call = {"component_appid": self.platform.component_appid, "app_id": app_id, "refresh_token": refresh}
         try:
             grant = await self._client.fetch_authorizer_token(component_token=component, turn=turn, **call)
@@ -264,19 +296,22 @@ class ComponentCredentials:
             log.warning("platform=%s component_access_token %s refused (errcode %s); getting another",
                         self.platform.component_appid, component.fingerprint, exc.errcode)  # fmt: skip
             await self._drop_token(component)
-            component = await self.component_token(turn)
-            try:
-                grant = await self._client.fetch_authorizer_token(component_token=component, turn=turn, **call)
-            except TokenInvalid as again:
-                raise UpstreamUnavailable(f"a new component_access_token was refused too (errcode {again.errcode})",
-                                          app_id=app_id, api="api_authorizer_token") from None  # fmt: skip
-        if grant.refresh_token != refresh:
-            await self.keep_refresh_token(app_id, grant.refresh_token, via=(entry or {}).get("via", "push"))
-        else:
-            self._refresh_tokens[app_id] = refresh
+            raise ComponentTokenNeeded from None
+        if grant.refresh_token == refresh:
+            if entry is not None:  # this process's copy, for a refresh while the cache is away
+                self._refresh_tokens[app_id] = refresh
+        elif app_id in self._refresh_tokens or await self._cache.entry(self.authorizers_key, app_id) is not None:
+            # WeChat gave another refresh token: kept, unless the authorizer was removed meanwhile.
+            await self.keep_refresh_token(app_id, grant.refresh_token, via=str((entry or {}).get("via", "push")))
         return grant.token
 
+    def usable_token(self) -> AccessToken | None:
+        """The component token held here while it may be used (a refresh of it may be due), else None."""
+        token = self._token
+        return token if token is not None and token.usable(self._clock()) else None
+
     async def _drop_token(self, refused: AccessToken) -> None:
+        self._refused = refused.value
         if self._token is not None and self._token.value == refused.value:
             self._token = None
         await self._cache.delete_if_value(self.token_key, refused.value)
@@ -295,17 +330,39 @@ class ComponentCredentials:
         (it is still kept in this process)."""
         self._refresh_tokens[app_id] = refresh_token
         record = {"refresh_token": refresh_token, "since": self._clock(), "via": via}
+        self.pending.pop(app_id, None)
         stored = await self._cache.put_entry(self.authorizers_key, app_id, record)
         if not stored:
-            log.error("platform=%s authorizer %s: its refresh token could not be stored in the shared cache; "
-                      "only this process knows it until it is added again",
-                      self.platform.component_appid, app_id)  # fmt: skip
+            self.pending[app_id] = record
+            log.error("platform=%s authorizer %s: the shared cache is away; its refresh token is kept here and "
+                      "written there once it is back", self.platform.component_appid, app_id)  # fmt: skip
         return stored
 
     async def forget(self, app_id: str) -> bool:
-        """Remove an authorizer's refresh token; True when the table had it."""
+        """Remove an authorizer's refresh token; True when the table had it (or may have: the cache is away,
+        and the removal is written there once it is back)."""
         self._refresh_tokens.pop(app_id, None)
-        return await self._cache.drop_entry(self.authorizers_key, app_id)
+        self.pending.pop(app_id, None)
+        dropped = await self._cache.drop_entry(self.authorizers_key, app_id)
+        if dropped is None:
+            self.pending[app_id] = None
+            log.error("platform=%s authorizer %s: the shared cache is away; its removal is written there once it "
+                      "is back", self.platform.component_appid, app_id)  # fmt: skip
+            return True
+        return dropped
+
+    async def write_pending(self) -> bool:
+        """Write what the shared table missed while the cache was away; True when nothing is left."""
+        for app_id, record in list(self.pending.items()):
+            if record is None:
+                done = await self._cache.drop_entry(self.authorizers_key, app_id) is not None
+            else:
+                done = await self._cache.put_entry(self.authorizers_key, app_id, record)
+            if not done:
+                return False
+            if self.pending.get(app_id, ...) == record:
+                del self.pending[app_id]
+        return True
 
     def forget_locally(self, app_id: str) -> None:
         """Another process removed the authorizer: drop this process's copy of its refresh token."""
@@ -353,27 +410,30 @@ class PushGuard:
             return False
         return abs(self._clock() - sent) <= PUSH_WINDOW
 
-    async def first_time(self, component_appid: str, timestamp: str, nonce: str, signature: str) -> bool:
-        """True the first time this push is seen (its nonce and signature), within the window."""
+    async def first_time(self, component_appid: str, timestamp: str, nonce: str) -> bool:
+        """True the first time this push's nonce is seen (with its timestamp), within the window."""
         now = self._clock()
         seen = self._seen
         while seen and (len(seen) >= MAX_NONCES or next(iter(seen.values())) < now - 2 * PUSH_WINDOW):
             seen.popitem(last=False)
-        key = _push_key(component_appid, timestamp, nonce, signature)
+        key = _push_key(component_appid, timestamp, nonce)
         if key in seen:
             return False
-        seen[key] = now
-        return await self._cache.acquire(key, "seen", 2 * PUSH_WINDOW)
+        seen[key] = now  # before the fleet is asked: a copy arriving meanwhile here is refused
+        if await self._cache.acquire(key, "seen", 2 * PUSH_WINDOW):
+            return True
+        seen.pop(key, None)  # the process that has it decides; if taking it fails there, it lets it in again
+        return False
 
-    async def forget(self, component_appid: str, timestamp: str, nonce: str, signature: str) -> None:
+    async def forget(self, component_appid: str, timestamp: str, nonce: str) -> None:
         """Let this push in again: taking it failed (WeChat pushes it again when not answered `success`)."""
-        key = _push_key(component_appid, timestamp, nonce, signature)
+        key = _push_key(component_appid, timestamp, nonce)
         self._seen.pop(key, None)
         await self._cache.release(key, "seen")
 
 
-def _push_key(component_appid: str, timestamp: str, nonce: str, signature: str) -> str:
-    return f"{_prefix(component_appid)}:push:{timestamp}:{nonce}:{signature}"
+def _push_key(component_appid: str, timestamp: str, nonce: str) -> str:
+    return f"{_prefix(component_appid)}:push:{timestamp}:{nonce}"
 
 
 class Platforms:
@@ -392,6 +452,8 @@ class Platforms:
         self._store = store
         self._counts = dict.fromkeys(self._by_appid, 0)
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping: list[asyncio.Task[None]] = []
+        self._news: asyncio.Queue[tuple[ComponentCredentials, str]] = asyncio.Queue(maxsize=MAX_NEWS)
         self._random = random.Random()
 
     def __iter__(self) -> Iterator[ComponentCredentials]:
@@ -443,20 +505,24 @@ class Platforms:
             return False
         self._store.remove(app_id)
         self._counts[component.platform.component_appid] -= 1
+        # Its ticket and token leave the shared cache too: held again later, it must not sign with them.
+        self._stopping = [task for task in self._stopping if not task.done()]
+        self._stopping.append(asyncio.get_running_loop().create_task(held.drop_shared()))
         return True
 
-    def conflicts(self, app_id: str) -> bool:
-        """True when `app_id` is a configured account (or another platform's authorizer) and cannot be added."""
+    def conflicts(self, component: ComponentCredentials, app_id: str) -> bool:
+        """True when `app_id` is a configured account, or another platform's authorizer, here: it cannot be
+        added to `component`."""
         held = self._store.get(app_id)
-        return held is not None and held.account.platform is None
+        return held is not None and held.account.platform != component.platform.component_appid
 
     async def add(
         self, component: ComponentCredentials, app_id: str, refresh_token: str, *, via: str,
         token: AccessToken | None = None,
     ) -> Account | None:  # fmt: skip
         """Keep an authorizer (from a push or the admin API) and start signing for it; announced to the fleet.
-        None when a configured account has that appId."""
-        if self.conflicts(app_id):
+        None when a configured account (or another platform's authorizer) has that appId."""
+        if self.conflicts(component, app_id):
             return None
         await component.keep_refresh_token(app_id, refresh_token, via=via)
         account = await self._hold(component, app_id, token)
@@ -483,7 +549,12 @@ class Platforms:
             await self._sync(component)
 
     async def _sync(self, component: ComponentCredentials) -> None:
-        """Hold what the table has; release what it no longer has (when it was read to the end)."""
+        """Write back what the table missed, then hold what it has and release what it no longer has: of
+        those held before the read began (one added meanwhile is not in the pages read)."""
+        appid = component.platform.component_appid
+        if not await component.write_pending():
+            return
+        before = [c.account.app_id for c in self._store if c.account.platform == appid]
         pages = await component.pages()
         if pages is None:
             return
@@ -491,20 +562,22 @@ class Platforms:
         for page in pages:
             for app_id in page:
                 listed.add(app_id)
-                if await self._hold(component, app_id) is None:
-                    log.warning("platform=%s authorizer %s is also a configured account: the account's "
-                                "configuration is used", component.platform.component_appid, app_id)  # fmt: skip
+                if app_id not in component.pending and await self._hold(component, app_id) is None:
+                    log.warning("platform=%s authorizer %s is a configured account (or another platform's): "
+                                "that one is used", appid, app_id)  # fmt: skip
             await asyncio.sleep(0)
-        held = [c.account.app_id for c in self._store
-                if c.account.platform == component.platform.component_appid]  # fmt: skip
-        for app_id in held:
-            if app_id not in listed:
+        for number, app_id in enumerate(before, 1):
+            if app_id not in listed and app_id not in component.pending:
                 self._release(component, app_id)
+            if number % AUTHORIZERS_PAGE == 0:
+                await asyncio.sleep(0)
 
     def start(self) -> None:
-        """The component tokens' refreshers, and the periodic re-read of the authorizers' tables."""
+        """The component tokens' refreshers, the follower of the fleet's news, and the periodic re-read of
+        the authorizers' tables."""
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(component.keep_fresh()) for component in self]
+        self._tasks.append(loop.create_task(self._follow_news()))
         if self._cache.shared:
             self._tasks.append(loop.create_task(self._resync()))
 
@@ -515,25 +588,38 @@ class Platforms:
                 await self._sync(component)
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        running = [*self._tasks, *self._stopping, *(task for c in self for task in c.running_tasks())]
+        for task in running:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await asyncio.gather(*running, return_exceptions=True)
+        self._tasks, self._stopping = [], []
 
     def on_news(self, key: str) -> bool:
         """Another process's news about a platform (a component token, an authorizer); False when `key`
         is not about a platform."""
-        if not key.startswith(f"{PREFIX}:"):
+        prefix, _, rest = key.partition(":")
+        if prefix != PREFIX:
             return False
-        _, component_appid, rest = key.split(":", 2)
+        component_appid, _, what = rest.partition(":")
         component = self._by_appid.get(component_appid)
         if component is None:
             return True
-        if rest == "token":
+        if what == "token":
             component.on_news()
-        elif rest.startswith("authorizer:"):
-            asyncio.get_running_loop().create_task(self._follow(component, rest.removeprefix("authorizer:")))
+        elif what.startswith("authorizer:"):
+            try:
+                self._news.put_nowait((component, what.removeprefix("authorizer:")))
+            except asyncio.QueueFull:
+                log.warning("platform=%s: too much news at once; the next re-read of the authorizers catches up",
+                            component_appid)  # fmt: skip
         return True
+
+    async def _follow_news(self) -> None:
+        """Hold or release authorizers as the fleet's news says, one after the other, in the order it came."""
+        while True:
+            component, app_id = await self._news.get()
+            with contextlib.suppress(UpstreamError):
+                await self._follow(component, app_id)
 
     async def _follow(self, component: ComponentCredentials, app_id: str) -> None:
         """Hold or release an authorizer as the shared table now says."""

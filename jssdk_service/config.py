@@ -7,7 +7,8 @@ say is checked here: JS secure domains, share rules, unique names and appIds, se
 
 Every problem is a `ConfigError` naming the field (`JSSDK_PORT`, `accounts[1].allowed_hosts`) and
 what is wrong with its value. Secrets are never in the file itself: an account names the
-environment variable (`secret_env`) or the file (`secret_file`) that holds its AppSecret.
+environment variable (`secret_env`) or the file (`secret_file`) that holds its AppSecret, and a
+webhook (`url_env`, `url_file`) its URL, which carries its key.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import msgspec
 import msgspec.inspect
@@ -33,6 +35,9 @@ TokenAPI = Literal["stable", "classic"]
 AccountKind = Literal["official", "wecom"]
 TokenSourceKind = Literal["secret", "external"]
 LogFormat = Literal["json", "text"]
+WebhookKind = Literal["json", "wecom_robot"]
+NotifyEvent = Literal["failed", "recovered", "quota"]
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = ("failed", "recovered", "quota")
 T = TypeVar("T")
 FieldPath = tuple[str | int, ...]  # where a value is in the document: ("accounts", 1, "app_id")
 
@@ -176,12 +181,26 @@ class PlatformTable(Table, frozen=True, kw_only=True):
     open_tag_list: tuple[str, ...] = ()
 
 
+class WebhookTable(Table, frozen=True, kw_only=True):
+    """One `[[webhooks]]` table: where notifications go. The URL is a secret (a WeCom robot's carries its
+    key), so the table names the variable or the file that holds it, as an account does its AppSecret."""
+
+    kind: WebhookKind = "json"
+    name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] | None = None  # None: kind@host
+    url_env: str | None = None
+    url_file: str | None = None
+    events: Annotated[tuple[NotifyEvent, ...], Meta(min_length=1)] = NOTIFY_EVENTS
+    # A WeCom group robot takes 20 messages a minute; beyond this, notices are folded into a summary.
+    per_minute: Annotated[int, Meta(ge=1, le=600)] = 20
+
+
 class Document(Table, frozen=True, kw_only=True):
     """The whole configuration, the environment merged in: what msgspec converts in one go."""
 
     service: ServiceTable = ServiceTable()
     accounts: tuple[AccountTable, ...] = ()
     platforms: tuple[PlatformTable, ...] = ()
+    webhooks: tuple[WebhookTable, ...] = ()
 
 
 # The defaults of Settings are the table's own.
@@ -317,6 +336,27 @@ class Platform:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Webhook:
+    """Where notifications go (`notify.py`): a JSON webhook or a WeCom group robot, the events it takes,
+    and how many messages a minute. The URL is a secret: repr shows its host only."""
+
+    name: str
+    kind: WebhookKind
+    url: Secret
+    events: tuple[NotifyEvent, ...] = NOTIFY_EVENTS
+    per_minute: int = 20
+
+    def __repr__(self) -> str:
+        return (f"Webhook(name={self.name!r}, kind={self.kind!r}, host={self.host!r}, events={self.events!r}, "
+                f"per_minute={self.per_minute})")  # fmt: skip
+
+    @property
+    def host(self) -> str:
+        """The URL's host, for logs and errors: no path, no query (the robot's key is there)."""
+        return urlsplit(self.url.reveal()).hostname or ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     """Everything the service reads at start-up."""
 
@@ -338,6 +378,7 @@ class Settings:
     keepalive_timeout: float = _SERVICE.keepalive_timeout
     metrics_dir: str | None = _SERVICE.metrics_dir
     platforms: tuple[Platform, ...] = ()
+    webhooks: tuple[Webhook, ...] = ()
     _by_key: dict[str, Account] = field(init=False, repr=False, compare=False)
     _by_corp: dict[str, tuple[Account, ...]] = field(init=False, repr=False, compare=False)
     _by_platform: dict[str, Platform] = field(init=False, repr=False, compare=False)
@@ -378,9 +419,11 @@ def load_settings(
     """
     path = config_path or env.get("JSSDK_CONFIG") or None
     document = _read_toml(path) if path else {}
-    unknown = sorted(set(document) - {"service", "accounts", "platforms"})
+    unknown = sorted(set(document) - {"service", "accounts", "platforms", "webhooks"})
     if unknown:
-        raise ConfigError(unknown[0], "unknown section (expected [service], [[accounts]] and [[platforms]])")
+        raise ConfigError(
+            unknown[0], "unknown section (expected [service], [[accounts]], [[platforms]] and [[webhooks]])"
+        )
     file_service = document.get("service", {})
     if not isinstance(file_service, dict):
         raise ConfigError("service", "must be a table")
@@ -402,18 +445,24 @@ def load_settings(
     def name_of(path: FieldPath) -> str:
         if path[0] == "service" and len(path) > 1:
             return service_names.get(str(path[1]), _dotted(path))
-        if from_env and len(path) > 2:
+        if from_env and path[0] == "accounts" and len(path) > 2:
             return _ENV_NAMES.get(str(path[2]), _dotted(path))
         return _dotted(path)
 
     platform_entries = document.get("platforms", [])
     if isinstance(platform_entries, list):
         platform_entries = [_split_lists(e, PlatformTable) if isinstance(e, dict) else e for e in platform_entries]
-    tables = convert({"service": service, "accounts": entries, "platforms": platform_entries}, Document, name_of)
+    webhook_entries = document.get("webhooks", [])
+    if isinstance(webhook_entries, list):
+        webhook_entries = [_file_webhook(entry, i) for i, entry in enumerate(webhook_entries)]
+    tables = convert({"service": service, "accounts": entries, "platforms": platform_entries,
+                      "webhooks": webhook_entries}, Document, name_of)  # fmt: skip
     shared_redis = tables.service.cache_url.lower().startswith("redis")
     accounts = tuple(_account(table, i, env, name_of, shared_redis) for i, table in enumerate(tables.accounts))
     platforms = tuple(_platform(table, i, env) for i, table in enumerate(tables.platforms))
     _check_unique(accounts, platforms)
+    webhooks = tuple(_webhook(table, env, functools.partial(_indexed, "webhooks", i))
+                     for i, table in enumerate(tables.webhooks)) + _env_webhook(env)  # fmt: skip
     values = msgspec.structs.asdict(tables.service)  # Settings has every field of ServiceTable
     values.update(
         api_bases=tuple(base.rstrip("/") for base in tables.service.api_bases),
@@ -423,6 +472,7 @@ def load_settings(
     return Settings(
         accounts=accounts,
         platforms=platforms,
+        webhooks=webhooks,
         admin_token=Secret(env["JSSDK_ADMIN_TOKEN"]) if env.get("JSSDK_ADMIN_TOKEN") else None,
         redis_password=Secret(env["JSSDK_REDIS_PASSWORD"]) if env.get("JSSDK_REDIS_PASSWORD") else None,
         **values,
@@ -711,6 +761,58 @@ def _platform(table: PlatformTable, index: int, env: Mapping[str, str]) -> Platf
         js_api_list=table.js_api_list or SHARE_APIS["official"],
         open_tag_list=table.open_tag_list,
     )
+
+
+def _indexed(section: str, index: int, name: str) -> str:
+    return f"{section}[{index}].{name}"
+
+
+def _file_webhook(entry: Any, index: int) -> Any:
+    """A `[[webhooks]]` table, its lists split, for the conversion (which names any other problem)."""
+    if not isinstance(entry, dict):
+        return entry
+    if "url" in entry:
+        raise ConfigError(f"webhooks[{index}].url", "a webhook's URL is a secret: it never goes in the file; "
+                          "use url_env or url_file")  # fmt: skip
+    return _split_lists(entry, WebhookTable)
+
+
+# The single webhook of the environment: its fields' variables.
+_ENV_WEBHOOK = {"kind": "JSSDK_WEBHOOK_KIND", "url_env": "JSSDK_WEBHOOK_URL", "url_file": "JSSDK_WEBHOOK_URL_FILE"}
+
+
+def _env_webhook(env: Mapping[str, str]) -> tuple[Webhook, ...]:
+    """The webhook `JSSDK_WEBHOOK_URL` (or `_FILE`) names, of `JSSDK_WEBHOOK_KIND`; none when neither is set."""
+    if not env.get("JSSDK_WEBHOOK_URL") and not env.get("JSSDK_WEBHOOK_URL_FILE"):
+        if env.get("JSSDK_WEBHOOK_KIND"):
+            raise ConfigError("JSSDK_WEBHOOK_KIND", "is set, but neither JSSDK_WEBHOOK_URL nor JSSDK_WEBHOOK_URL_FILE")
+        return ()
+    entry = {
+        "kind": env.get("JSSDK_WEBHOOK_KIND") or "json",
+        "url_env": "JSSDK_WEBHOOK_URL" if env.get("JSSDK_WEBHOOK_URL") else None,
+        "url_file": env.get("JSSDK_WEBHOOK_URL_FILE") or None,
+    }
+    table = convert(entry, WebhookTable, lambda path: _ENV_WEBHOOK.get(str(path[-1]), "JSSDK_WEBHOOK_URL"))
+    return (_webhook(table, env, _ENV_WEBHOOK.__getitem__),)
+
+
+def _webhook(table: WebhookTable, env: Mapping[str, str], where: Callable[[str], str]) -> Webhook:
+    """A webhook from its table; `where` names its fields in errors. The URL is never in an error."""
+    if table.url_env and table.url_file:
+        raise ConfigError(where("url_env"), "give url_env or url_file, not both")
+    url = _read_secret(env, table.url_env, table.url_file, where("url_env"), where("url_file"))
+    if url is None:
+        raise ConfigError(where("url_env"), "the webhook's URL is required (set url_env or url_file)")
+    field_name = where("url_file" if table.url_file else "url_env")
+    try:
+        parts = urlsplit(url.reveal())
+        host = parts.hostname
+    except ValueError:
+        host = None
+    if host is None or parts.scheme.lower() not in ("http", "https"):
+        raise ConfigError(field_name, "does not hold an http(s) URL (the URL is not shown: it is a secret)")
+    return Webhook(name=table.name or f"{table.kind}@{host}", kind=table.kind, url=url, events=table.events,
+                   per_minute=table.per_minute)  # fmt: skip
 
 
 def _check_unique(accounts: Sequence[Account], platforms: Sequence[Platform]) -> None:

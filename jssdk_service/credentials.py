@@ -31,9 +31,9 @@ import random
 import secrets
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import orjson
 
@@ -41,6 +41,7 @@ from jssdk_service.cache import RawKeyError, RawKeys, SharedCache
 from jssdk_service.config import Account, TokenRedisKey, TokenURL
 from jssdk_service.errors import (
     HourlyLimited,
+    PlatformUnavailable,
     QuotaExhausted,
     RateLimited,
     TokenInvalid,
@@ -49,7 +50,9 @@ from jssdk_service.errors import (
     UpstreamError,
     UpstreamRejected,
     UpstreamUnavailable,
+    failure_class,
 )
+from jssdk_service.metrics import count_refresh_failure
 from jssdk_service.quotas import (
     BUCKET,
     COUNTED_APIS,
@@ -57,6 +60,7 @@ from jssdk_service.quotas import (
     WECOM_CORP_TICKETS_PER_HOUR,
     WECOM_COUNTED_APIS,
     HourlyLimits,
+    QuotaWatcher,
     UpstreamUsage,
     next_china_midnight,
 )
@@ -129,6 +133,27 @@ class RefreshRules:
     source_reread_pause: float = SOURCE_REREAD_PAUSE
     platforms: Mapping[str, AuthorizerTokens] = field(default_factory=dict)
     """Each platform's authorizer tokens, by component_appid: where an authorizer's access token comes from."""
+    watchers: Sequence[StateWatcher] = ()
+    """Told of each account's state changes (notifications)."""
+    quota_watchers: Sequence[QuotaWatcher] = ()
+    """Told when the fleet passes 80% of WeCom's hourly limits."""
+
+
+AccountEvent = Literal["failed", "recovered"]
+
+
+class StateWatcher(Protocol):
+    """Told when an account's refreshes start failing (`failed`, with the error; again when the kind of
+    failure changes, as from `upstream` to `configuration`) and when they succeed again (`recovered`).
+    Called in this process, once per change; never per request."""
+
+    def __call__(self, account: Account, event: AccountEvent, error: UpstreamError | None) -> None: ...
+
+
+class ComponentTokenNeeded(Exception):
+    """Raised inside an upstream slot when an authorizer's refresh needs its platform's token first: the
+    refresh leaves the slot, waits for the token, and tries again (a component token's own refresh needs a
+    slot, which authorizers waiting for it while holding every slot would never leave free)."""
 
 
 class AuthorizerTokens(Protocol):
@@ -247,7 +272,7 @@ class AccountCredentials:
         now = self._clock()
         if now < self._blocked_until and self._error is not None:
             self._error.retry_after = self._blocked_until - now
-            raise self._error
+            raise self._error.with_traceback(None)  # raised again and again: no growing traceback
         return self._start_refresh()
 
     def _start_refresh(self, *, force: bool = False, new_token: bool = False) -> asyncio.Task[JsapiTicket]:
@@ -299,6 +324,8 @@ class AccountCredentials:
     def _recovered(self, how: str) -> None:
         if self._error is not None:
             log.info("app=%s credentials recovered%s", self.account.name, how)
+            for watcher in self._rules.watchers:
+                watcher(self.account, "recovered", None)
         self._error, self._failures, self._blocked_until = None, 0, 0.0
 
     async def _shared_or_new_ticket(self, turn: Turn, force: bool, new_token: bool, cold: bool) -> Tickets:
@@ -311,12 +338,35 @@ class AccountCredentials:
         async def shared() -> Tickets | None:
             return None if force else await self._shared_ticket()
 
+        return await self._outside_slots(
+            shared, lambda: self._under_lock(turn, shared, lambda: self._new_ticket(turn, new_token, cold))
+        )
+
+    async def _outside_slots(self, shared: Callable[[], Awaitable[R | None]], run: Callable[[], Awaitable[R]]) -> R:
+        """`run`; for an authorizer, with its platform's token obtained outside any upstream slot first
+        (`ComponentTokenNeeded`), once more if the token was replaced meanwhile."""
         platform = self.account.platform
-        # The platform's token before an upstream slot is taken: a refresh of it needs a slot of its
-        # own, which authorizers holding every slot while they wait for it would never leave free.
-        if platform is not None and await shared() is None:
+        if platform is None:
+            return await run()
+        for attempt in (1, 2):
+            if await shared() is None:
+                await self._platform_token(platform)
+            try:
+                return await run()
+            except ComponentTokenNeeded:
+                if attempt == 2:
+                    break
+        raise UpstreamUnavailable("the platform's component_access_token was replaced twice during one refresh",
+                                  app_id=self.account.key, api="api_authorizer_token")  # fmt: skip
+
+    async def _platform_token(self, platform: str) -> None:
+        """The platform's token is usable, or its failure becomes this authorizer's, retried soon."""
+        try:
             await self._rules.platforms[platform].component_token()
-        return await self._under_lock(turn, shared, lambda: self._new_ticket(turn, new_token, cold))
+        except UpstreamError as exc:
+            errcode, fix = getattr(exc, "errcode", None), getattr(exc, "fix", "")
+            raise PlatformUnavailable(f"platform {platform}: {exc}", app_id=self.account.key, errcode=errcode,
+                                      fix=fix) from None  # fmt: skip
 
     async def _under_lock(
         self, turn: Turn, shared: Callable[[], Awaitable[R | None]], new: Callable[[], Awaitable[R]]
@@ -340,7 +390,9 @@ class AccountCredentials:
             self._token = found
             return found
 
-        return await self._under_lock(turn, shared, lambda: self._fresh_token(turn))
+        return await self._outside_slots(
+            shared, lambda: self._under_lock(turn, shared, lambda: self._fresh_token(turn))
+        )
 
     async def _shared_ticket(self) -> Tickets | None:
         """The fleet's tickets when all are fresh and not those held here."""
@@ -516,6 +568,14 @@ class AccountCredentials:
                  self._token_key.rpartition(":")[2], token.expires_in)  # fmt: skip
         return token
 
+    async def drop_shared(self) -> None:
+        """Take this account's credentials out of the shared cache (it is no longer signed for), as far as
+        they are still the ones held here."""
+        for key, held in ((self._ticket_key, self._ticket), (self._agent_key, self._agent_ticket),
+                          (self._token_key, self._token)):  # fmt: skip
+            if held is not None:
+                await self._cache.delete_if_value(key, held.value)
+
     async def adopt_token(self, token: AccessToken) -> None:
         """Hold `token` from now on, and give it to the fleet (an authorizer's first token comes with its
         authorization)."""
@@ -569,6 +629,11 @@ class AccountCredentials:
         await self._cache.delete_if_value(self._token_key, failed.value)
 
     def _record_failure(self, exc: UpstreamError) -> None:
+        kind = failure_class(exc)
+        count_refresh_failure(self.account.name, kind)
+        if self._error is None or failure_class(self._error) != kind:
+            for watcher in self._rules.watchers:
+                watcher(self.account, "failed", exc)
         now = self._clock()
         first = self._error is None or type(self._error) is not type(exc) or str(self._error) != str(exc)
         self._error = exc
@@ -716,7 +781,7 @@ class CredentialStore:
         *,
         rules: RefreshRules,
     ) -> None:
-        self._hourly = hourly = HourlyLimits(cache, clock=rules.clock)
+        self._hourly = hourly = HourlyLimits(cache, clock=rules.clock, watchers=rules.quota_watchers)
         self._parts = (client, cache, rules)
         self._by_app_id = {a.key: AccountCredentials(a, client, cache, rules, hourly) for a in accounts}
         self._clock = rules.clock

@@ -21,6 +21,7 @@
         │   ├── RateLimited         45011: the minute quota; try again next minute
         │   │   └── HourlyLimited   WeCom's hourly ticket limits (45009 there), or our guard that keeps below them
         │   ├── TokenSourceFailed   an external token source failed: timeout, 5xx, bad answer, auth refused
+    │   ├── PlatformUnavailable an authorizer waits on its platform's component token, which failed
         │   └── TokenSourceStale    an external token source keeps handing out a token WeChat refuses
         ├── UpstreamRejected        WeChat refuses the account's configuration (errcode kept)
         │   └── QuotaExhausted      45009: the daily quota is spent
@@ -176,6 +177,16 @@ class TokenSourceFailed(UpstreamUnavailable):
         self.fix = fix
 
 
+class PlatformUnavailable(UpstreamUnavailable):
+    """An authorizer cannot refresh because its platform's component_access_token failed: the platform's
+    error (`errcode`, `fix`) is repeated for it, and it retries soon, as the platform recovers."""
+
+    def __init__(self, message: str, *, app_id: str, errcode: int | None, fix: str) -> None:
+        super().__init__(message, app_id=app_id, api="api_component_token")
+        self.errcode = errcode
+        self.fix = fix
+
+
 class TokenSourceStale(UpstreamUnavailable):
     """An external token source still hands out the access_token WeChat refused (`errcode`)."""
 
@@ -206,6 +217,22 @@ class TokenInvalid(UpstreamError):
         super().__init__(f"WeChat errcode {errcode}: {errmsg}", app_id=app_id, api=api)
         self.errcode = errcode
         self.errmsg = errmsg
+
+
+def failure_class(exc: UpstreamError) -> str:
+    """What kind of trouble a failed refresh is, for alerts: "configuration" (WeChat refuses the setup: a
+    person must fix it), "quota" (a quota or limit is spent), "source" (an external token source fails),
+    "platform" (a third-party platform's own token fails: see the platform), "upstream" (WeChat fails or
+    cannot be reached: it passes)."""
+    if isinstance(exc, QuotaExhausted | RateLimited):
+        return "quota"
+    if isinstance(exc, UpstreamRejected):
+        return "configuration"
+    if isinstance(exc, TokenSourceFailed | TokenSourceStale):
+        return "source"
+    if isinstance(exc, PlatformUnavailable):
+        return "platform"
+    return "upstream"
 
 
 def _seconds(value: float) -> str:

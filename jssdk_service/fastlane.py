@@ -126,8 +126,11 @@ class FastLane:
         account, page = signing
         request_id = request_id_for(headers.get("x-request-id"))  # before the ticket: a refresh it starts logs it
         now = self.clock()
-        creds = self.store.get(account.key)  # None: an authorizer removed since the page was kept
-        ticket = None if creds is None else creds.usable_ticket(now)
+        creds = self.store.get(account.key)
+        if creds is None or creds.account is not account:  # an authorizer removed (or added again) since
+            self._pages.pop(target, None)
+            return None
+        ticket = creds.usable_ticket(now)
         if ticket is None:
             return None
         body = encode(signed_config(account, page, ticket, now=now, nonce=self.nonces()))

@@ -10,6 +10,16 @@
     jssdk_http_requests_total{route,status}          requests answered
     jssdk_http_request_duration_seconds{route}       time from a request's handler start to its response
     jssdk_reports_total{app}                         wx.config failures reported by pages
+    jssdk_refresh_failures_total{app,class}          failed refreshes (each once, not per request; a
+                                                     platform's component token under the platform's name):
+                                                     class "configuration" (WeChat refuses the setup: fix it),
+                                                     "quota" (a quota or limit is spent), "source" (an
+                                                     external token source fails), "platform" (an authorizer
+                                                     waits on its platform's failed component token),
+                                                     "upstream" (WeChat fails)
+    jssdk_quota_used_ratio{app,api,window}           the fleet's calls against a published quota, from 50%:
+                                                     window "day" (WeChat's daily quotas) or "hour" (WeCom's)
+    jssdk_cache_up                                   1 while the shared cache answers, 0 while degraded
 
 `app` is the account's name (its appId unless configured); `route` is the registered path, never
 the URL asked for ("unmatched" for everything that matched no route), so label sets stay few.
@@ -43,8 +53,9 @@ import asyncio
 import os
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, generate_latest
@@ -54,9 +65,11 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from jssdk_service.config import Account
-from jssdk_service.credentials import AccountCredentials
 from jssdk_service.scheduler import UpstreamScheduler
 from jssdk_service.wechat import CallObserver
+
+if TYPE_CHECKING:  # the credential store counts its failures here
+    from jssdk_service.credentials import AccountCredentials
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 UNMATCHED_ROUTE = "unmatched"
@@ -69,6 +82,26 @@ CHUNK = 250
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 REPORTS = Counter("jssdk_reports_total", "wx.config failures reported by pages through /v1/report", ["app"])
+# Failed refreshes by (app, class), and the quotas half spent or more by (app, api, window): both few
+# (a failure is counted once per refresh, never per request), kept as plain numbers like the calls.
+_FAILURES: dict[tuple[str, str], int] = {}
+_QUOTAS: dict[tuple[str, str, str], float] = {}
+QUOTA_SHOWN = 0.5
+"""A quota's use is a series from half of it on: the ones worth a look, and few."""
+
+
+def count_refresh_failure(app: str, failure_class: str) -> None:
+    """One failed refresh of `app` (its name), of `failure_class` (`errors.failure_class`)."""
+    key = (app, failure_class)
+    _FAILURES[key] = _FAILURES.get(key, 0) + 1
+
+
+def quota_used(app: str, api: str, window: str, ratio: float) -> None:
+    """The fleet's use of a published quota of `app`'s `api` in `window` ("day" or "hour"), as a share of it."""
+    if ratio >= QUOTA_SHOWN or (app, api, window) in _QUOTAS:
+        _QUOTAS[(app, api, window)] = round(ratio, 4)
+
+
 # Calls to WeChat by (app, api, outcome), counted in place like the route stats; prometheus_client
 # would take some 13 us a sample to write them out, which at 10,000 accounts is most of a second.
 _UPSTREAM: dict[tuple[str, str, str], int] = {}
@@ -116,25 +149,42 @@ def _this_process() -> dict[str, Any]:
     return {
         "routes": {route: stats.to_record() for route, stats in _ROUTES.items()},
         "upstream": [[*labels, count] for labels, count in _UPSTREAM.items()],
+        "failures": [[*labels, count] for labels, count in _FAILURES.items()],
+        "quotas": [[*labels, ratio] for labels, ratio in _QUOTAS.items()],
     }
 
 
 Calls = dict[tuple[str, str, str], int]
 
 
-async def _counts(directory: str | None) -> tuple[list[dict[str, Any]], Calls]:
-    """Every process's route stats and upstream calls: this one's, or with workers, every worker's."""
+@dataclass(frozen=True, slots=True)
+class _Counted:
+    """What the processes counted, added up: route stats, upstream calls, refresh failures; and the
+    quotas' use (the fleet's, the latest any process saw)."""
+
+    routes: list[dict[str, Any]]
+    calls: Calls
+    failures: dict[tuple[str, str], int]
+    quotas: dict[tuple[str, str, str], float]
+
+
+async def _counts(directory: str | None) -> _Counted:
+    """Every process's counts: this one's, or with workers, every worker's."""
     if directory is None:
-        return [{route: stats.to_record() for route, stats in _ROUTES.items()}], dict(_UPSTREAM)
-    routes: list[dict[str, Any]] = []
-    calls: Calls = {}
+        routes = [{route: stats.to_record() for route, stats in _ROUTES.items()}]
+        return _Counted(routes, dict(_UPSTREAM), dict(_FAILURES), dict(_QUOTAS))
+    counted = _Counted([], {}, {}, {})
     for published in _published(directory):
         record = orjson.loads(published)
-        routes.append(record["routes"])
+        counted.routes.append(record["routes"])
         for app, api, outcome, count in record["upstream"]:
-            calls[(app, api, outcome)] = calls.get((app, api, outcome), 0) + count
+            counted.calls[(app, api, outcome)] = counted.calls.get((app, api, outcome), 0) + count
+        for app, failure_class, count in record.get("failures", ()):
+            counted.failures[(app, failure_class)] = counted.failures.get((app, failure_class), 0) + count
+        for app, api, window, ratio in record.get("quotas", ()):
+            counted.quotas[(app, api, window)] = max(ratio, counted.quotas.get((app, api, window), 0.0))
         await asyncio.sleep(0)  # a worker's file holds a line per account and API: one at a time
-    return routes, calls
+    return counted
 
 
 def _published(directory: str) -> list[bytes]:
@@ -260,12 +310,15 @@ class _StateCollector(Collector):
     """What this process holds now: ready accounts, upstream slots."""
 
     def __init__(
-        self, ready: int, total: int, scheduler: UpstreamScheduler, platforms: Sequence[PlatformSample]
-    ) -> None:
+        self, ready: int, total: int, scheduler: UpstreamScheduler, platforms: Sequence[PlatformSample],
+        cache_up: bool, counted: _Counted,
+    ) -> None:  # fmt: skip
         self._ready = ready
         self._total = total
         self._scheduler = scheduler
         self._platforms = platforms
+        self._cache_up = cache_up
+        self._counted = counted
 
     def collect(self) -> Iterator[Metric]:
         accounts = GaugeMetricFamily("jssdk_accounts", "Accounts that may sign now, and not", labels=["state"])
@@ -276,6 +329,18 @@ class _StateCollector(Collector):
                                 value=self._scheduler.in_flight)  # fmt: skip
         yield GaugeMetricFamily("jssdk_upstream_waiting", "Refreshes waiting for an upstream slot in this process",
                                 value=self._scheduler.waiting)  # fmt: skip
+        yield GaugeMetricFamily("jssdk_cache_up", "1 while the shared cache answers, 0 while it is degraded",
+                                value=1.0 if self._cache_up else 0.0)  # fmt: skip
+        failures = CounterMetricFamily("jssdk_refresh_failures_total", "Failed refreshes by class: configuration, "
+                                       "quota, source, platform, upstream", labels=["app", "class"])  # fmt: skip
+        for (app, failure_class), count in self._counted.failures.items():
+            failures.add_metric([app, failure_class], count)
+        yield failures
+        quotas = GaugeMetricFamily("jssdk_quota_used_ratio", "The fleet's calls as a share of a published quota "
+                                   "(from half of it on)", labels=["app", "api", "window"])  # fmt: skip
+        for (app, api, window), ratio in self._counted.quotas.items():
+            quotas.add_metric([app, api, window], ratio)
+        yield quotas
         if self._platforms:
             authorizers = GaugeMetricFamily("jssdk_platform_authorizers", "Authorizers a third-party platform "
                                             "signs for, in this process", labels=["platform"])  # fmt: skip
@@ -298,6 +363,8 @@ async def exposition(
     scheduler: UpstreamScheduler,
     now: float,
     platforms: Sequence[PlatformSample] = (),
+    *,
+    cache_up: bool = True,
 ) -> bytes:
     """Every metric in the Prometheus text format: this process's, or all processes' in multi-process mode.
 
@@ -305,12 +372,12 @@ async def exposition(
     in between, so that a scrape holds a signature up by a few milliseconds at most. (A worker thread
     would do worse: the event loop would wait for the interpreter lock at every system call.)
     """
-    routes, calls = await _counts(MULTIPROCESS_DIR)
+    counted = await _counts(MULTIPROCESS_DIR)
     registry = REGISTRY
     if MULTIPROCESS_DIR is not None:
         registry = CollectorRegistry()
         MultiProcessCollector(registry, MULTIPROCESS_DIR)  # type: ignore[no-untyped-call]
-    parts = [generate_latest(registry), generate_latest(_HttpCollector(routes))]
-    per_account, ready = await _per_account_text(calls, accounts, now)
-    parts.append(generate_latest(_StateCollector(ready, len(accounts), scheduler, platforms)))
+    parts = [generate_latest(registry), generate_latest(_HttpCollector(counted.routes))]
+    per_account, ready = await _per_account_text(counted.calls, accounts, now)
+    parts.append(generate_latest(_StateCollector(ready, len(accounts), scheduler, platforms, cache_up, counted)))
     return b"".join(parts + per_account)

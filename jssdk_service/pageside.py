@@ -134,8 +134,10 @@ async def _diagnose(app: web.Application, evidence: Evidence) -> tuple[tuple[Acc
         meant = (covering[0],)
     others = [a for a in covering if all(a is not m for m in meant)][:MAX_OTHERS]
     # Cold start: join the first refresh; when WeChat fails, the findings say no ticket was there.
-    await asyncio.gather(*(_first_ticket(store[a.key]) for a in meant if not store[a.key].recent_tickets))
-    entries = [_held(store[a.key]) for a in meant]
+    # Their credentials taken before any wait: an authorizer may be removed meanwhile.
+    creds = [store[a.key] for a in meant]
+    await asyncio.gather(*(_first_ticket(c) for c in creds if not c.recent_tickets))
+    entries = [_held(c) for c in creds]
     # Others' tickets as they are: a diagnosis never waits for another account's refresh.
     tickets = [_held(store[a.key]) for a in others]
     return meant, diagnose(evidence, entries, others=tickets, configured=settings.accounts, now=app[CLOCK]())

@@ -125,7 +125,7 @@ async def metrics(request: web.Request) -> web.Response:
     platforms = app[PLATFORMS]
     samples = [(c.platform.name, platforms.authorizer_count(c.platform.component_appid), c.token_ttl(now))
                for c in platforms]  # fmt: skip
-    body = await exposition(list(store), app[WECHAT].scheduler, now, samples)
+    body = await exposition(list(store), app[WECHAT].scheduler, now, samples, cache_up=bool(app[CACHE].health()["ok"]))
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 from jssdk_service.cache import SharedCache
+from jssdk_service.metrics import quota_used
 
 log = logging.getLogger("jssdk_service.quotas")
 
@@ -21,6 +22,9 @@ CHINA_UTC_OFFSET = 8 * 3600
 # Published daily quotas per API (WECHAT.md §1); getticket's is not published.
 KNOWN_DAILY_QUOTAS = {"token": 2000, "stable_token": 500_000}
 QUOTA_WARNING = 0.8
+
+QuotaWatcher = Callable[[str, str, str, int, int], None]
+"""Told once when the fleet passes 80% of a quota: (app key or corp_id, api, window "day" or "hour", used, limit)."""
 COUNTED_APIS = ("token", "stable_token", "getticket")
 # What the admin API counts for the other kinds and sources: the calls each makes.
 WECOM_COUNTED_APIS = ("gettoken", "get_jsapi_ticket", "get_agent_ticket")
@@ -39,6 +43,11 @@ def next_china_midnight(now: float) -> float:
     return (china_day(now) + 1) * DAY - CHINA_UTC_OFFSET
 
 
+def china_month(now: float) -> str:
+    """The China-time month `now` falls in, as "YYYY-MM": what WeChat's 10 quota resets a month count in."""
+    return time.strftime("%Y-%m", time.gmtime(now + CHINA_UTC_OFFSET))
+
+
 class UpstreamUsage:
     """Upstream calls per account, API and China day, counted in the shared cache (the fleet counts together).
 
@@ -46,8 +55,14 @@ class UpstreamUsage:
     the shared counters and warns once a day per API at 80% of a published quota.
     """
 
-    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, *, clock: Callable[[], float] = time.time, names: Mapping[str, str] | None = None,
+        watchers: Sequence[QuotaWatcher] = (),
+    ) -> None:  # fmt: skip
         self._clock = clock
+        self._names = names or {}
+        self.watchers = list(watchers)
+        """Each account's name by its key, for the metrics."""
         self._pending: Counter[tuple[str, str]] = Counter()
         self._warned: set[str] = set()
 
@@ -64,9 +79,13 @@ class UpstreamUsage:
             key = self._key(app_id, api)
             count = await cache.increment(key, calls, 2 * DAY)
             quota = KNOWN_DAILY_QUOTAS.get(api)
+            if count is not None and quota is not None:
+                quota_used(self._names.get(app_id, app_id), api, "day", count / quota)
             if count is not None and quota is not None and count >= QUOTA_WARNING * quota and key not in self._warned:
                 self._warned.add(key)
                 log.warning("app=%s %s calls today: %d of the daily quota of %d", app_id, api, count, quota)
+                for watcher in self.watchers:
+                    watcher(app_id, api, "day", count, quota)
 
     async def today(self, cache: SharedCache, app_id: str, apis: tuple[str, ...] = COUNTED_APIS) -> dict[str, int]:
         """Calls to each of `apis` today (China time) for `app_id`, across the fleet."""
@@ -121,9 +140,12 @@ BUCKETS = 7
 class HourlyLimits:
     """WeCom's hourly ticket limits, kept by the fleet in the shared cache: a call is booked before it is made."""
 
-    def __init__(self, cache: SharedCache, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, cache: SharedCache, *, clock: Callable[[], float] = time.time, watchers: Sequence[QuotaWatcher] = ()
+    ) -> None:
         self._cache = cache
         self._clock = clock
+        self._watchers = watchers
         # The bucket each (scope, api) was last warned about: one entry per account, however long it runs.
         self._warned: dict[tuple[str, str], int] = {}
 
@@ -152,9 +174,12 @@ class HourlyLimits:
                 # A call is free again when the oldest bucket that holds one leaves the window.
                 oldest = next((i for i, n in enumerate(earlier) if n), len(earlier))
                 return max(1.0, (current + 1 + oldest) * BUCKET - now)
+            quota_used(scope, api, "hour", used / limit)
             if used >= QUOTA_WARNING * limit and self._warned.get((scope, api)) != current:
                 self._warned[(scope, api)] = current
                 log.warning("%s: %d %s calls in the last hour, of WeCom's limit of %d", scope, used, api, limit)
+                for watcher in self._watchers:
+                    watcher(scope, api, "hour", used, limit)
         return None
 
     async def full(self, scopes: tuple[tuple[str, int], ...], api: str) -> bool:

@@ -135,4 +135,23 @@ ADMIN = [
           summary="Stop signing for an authorizer and forget its refresh token",
           answers=(Answer(status=204, description="Removed, fleet-wide"),),
           errors=(Unauthorized, UnknownPlatform, UnknownApp)),
+    Route(method="GET", path="/admin/apps/{app}/quota", handler=admin.authorized(admin.quota), bearer=True,
+          summary="WeChat's own quota of the account's token and ticket APIs (openapi/quota/get), asked now",
+          description="WeChat's daily limit, used and remaining calls count every caller of the account, not only "
+          "this service, whose own count today is beside them. The answer is kept 10 minutes for /admin/apps. "
+          "WeCom has no quota API (400).",
+          answers=(Answer(status=200, description="WeChat's figures and the service's count; never a credential",
+                          shape=shapes.AdminQuota),),
+          errors=(InvalidRequest, Unauthorized, UnknownApp, *_UPSTREAM)),
+    Route(method="POST", path="/admin/apps/{app}/clear-quota", handler=admin.authorized(admin.clear_quota),
+          bearer=True, summary="Reset WeChat's daily quotas of the account (clear_quota/v2)",
+          description="One of the 10 resets WeChat allows an account a month, so the body must name the account "
+          "exactly as the path does (400 without it, 409 naming something else; WeChat is not called then). A "
+          "platform's authorizer is reset with the platform's secret (component/clear_quota/v2); an account whose "
+          "token another server owns, and a WeCom app (WeCom has no reset), cannot be (400). Past the month's "
+          "resets WeChat answers 48006 (503 upstream_rejected).",
+          body=shapes.ClearQuotaRequest,
+          answers=(Answer(status=200, description="Reset, and the resets this service made this month",
+                          shape=shapes.QuotaCleared),),
+          errors=(*_BODY, Unauthorized, UnknownApp, Conflict, *_UPSTREAM)),
 ]  # fmt: skip

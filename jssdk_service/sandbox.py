@@ -8,7 +8,11 @@ accounts (api.weixin.qq.com):
   the last `stable_renew_before` seconds; `force_refresh` invalidates the old one (20 a day, 30 s apart);
 - `GET /cgi-bin/ticket/getticket?type=jsapi`: needs a live token (40001 unknown, 42001 expired);
 - appid and secret checks with the real errcodes, an optional IP whitelist (40164), daily quotas
-  (45009) with `POST /cgi-bin/clear_quota/v2`, and `POST /cgi-bin/openapi/quota/get`;
+  (45009) and WeChat's own view of them (WECOM_PLATFORM.md C.3): `POST /cgi-bin/openapi/quota/get` with
+  any account's token (an authorizer's too; 76021 for a cgi_path it does not know), and the resets
+  `POST /cgi-bin/clear_quota/v2` (appid and appsecret in a JSON body or the query: the docs conflict, the
+  SDKs use the query) and `POST /cgi-bin/component/clear_quota/v2` (a platform's, for an authorizer),
+  `clear_quota_monthly_limit` (10) an account per China month between them, 48006 past it;
 - injectable faults: errcode -1 (or any errcode) at a rate, HTTP 500 at a rate, connection resets,
   a delay, and a script of exact outcomes for the next calls.
 For WeCom self-built apps (qyapi.weixin.qq.com, WECOM_PLATFORM.md A; `sandbox_wecom.py`), on the same
@@ -56,6 +60,7 @@ from jssdk_service.sandbox_answers import error as _error
 from jssdk_service.sandbox_answers import json_body as _json_body
 from jssdk_service.sandbox_platform import PLATFORM_APIS, PlatformSandbox, SandboxPlatform
 from jssdk_service.sandbox_platform import PushResult as PushResult  # public here, with the rest
+from jssdk_service.sandbox_webhooks import install_webhook_receiver
 from jssdk_service.sandbox_wecom import SandboxWeComApp as SandboxWeComApp  # public here, with the rest
 from jssdk_service.sandbox_wecom import WeComSandbox
 from jssdk_service.signing import sign_url
@@ -160,6 +165,8 @@ class WeChatSandbox(WeComSandbox, PlatformSandbox):
         self.renew_before = stable_renew_before
         self.force_refresh_interval = force_refresh_interval
         self.daily_quota = {"token": 2000, "stable_token": 500_000, "getticket": 2000, **(daily_quota or {})}
+        self.clear_quota_monthly_limit = 10
+        """Resets of an account's daily quotas WeChat takes per China month (clear_quota and its v2s share them)."""
         self.faults = Faults()
         self.calls: list[Call] = []
         """Every call in order (append-only: `count()` reads counters kept alongside)."""
@@ -175,6 +182,7 @@ class WeChatSandbox(WeComSandbox, PlatformSandbox):
         self._tickets_per_second: Counter[int] = Counter()
         self._used: Counter[tuple[str, str]] = Counter()
         self._forced: dict[str, list[float]] = {}
+        self._resets: Counter[tuple[str, str]] = Counter()  # (app_id, China month)
         self._random = random.Random(seed)
         self._clock = clock
 
@@ -271,11 +279,13 @@ class WeChatSandbox(WeComSandbox, PlatformSandbox):
         app.router.add_route("*", "/cgi-bin/stable_token", self._stable_token)
         app.router.add_get("/cgi-bin/ticket/getticket", self._getticket)
         app.router.add_post("/cgi-bin/clear_quota/v2", self._clear_quota)
+        app.router.add_post("/cgi-bin/component/clear_quota/v2", self._component_clear_quota)
         app.router.add_post("/cgi-bin/openapi/quota/get", self._quota_get)
         app.router.add_post("/sandbox/verify", self._verify)
         app.router.add_get("/sandbox/stats", self._stats)
         self._add_wecom_routes(app)
         self._add_platform_routes(app)
+        self.webhooks = install_webhook_receiver(app, self)  # POST /sandbox/webhook/{json,robot}: notifications
         if central is not None:
             central.install(app)
         return app
@@ -458,31 +468,79 @@ class WeChatSandbox(WeComSandbox, PlatformSandbox):
         self._used[key] += 1
         return True
 
-    async def _clear_quota(self, request: web.Request) -> web.Response:
-        body = await _json_body(request)
-        account = self.accounts.get(str(body.get("appid", "")))
-        if account is None:
-            return _answer(40013, "invalid appid")
-        if account.secret != body.get("appsecret"):
-            return _answer(40125, "invalid appsecret")
-        for key in [k for k in self._used if k[0] == account.app_id]:
-            del self._used[key]
-        return _answer(0, "ok")
+    async def _clear_quota(self, request: web.Request) -> web.StreamResponse:
+        # The query's parameters (what the SDKs send) or the JSON body's (what the newer docs list).
+        fields: dict[str, Any] = {**request.query, **await _json_body(request)}
+        app_id, secret = str(fields.get("appid") or ""), str(fields.get("appsecret") or "")
 
-    async def _quota_get(self, request: web.Request) -> web.Response:
-        token = self.issued.get(request.query.get("access_token", ""))
-        if token is None or token.kind not in OFFICIAL_TOKENS or token.expires_at <= self._clock():
-            return _answer(40001, "invalid credential, access_token is invalid or not latest")
+        def handle() -> dict[str, Any]:
+            if not app_id:
+                return _error(41002)
+            if not secret:
+                return _error(41004)
+            account = self.accounts.get(app_id)
+            if account is None:
+                return _error(40013)
+            if account.secret != secret:
+                return _error(40125)
+            return self._reset_quota(app_id)
+
+        return await self._serve(request, "clear_quota", app_id, handle)
+
+    async def _component_clear_quota(self, request: web.Request) -> web.StreamResponse:
         body = await _json_body(request)
-        api = {"/cgi-bin/token": "token", "/cgi-bin/stable_token": "stable_token",
-               "/cgi-bin/ticket/getticket": "getticket"}.get(str(body.get("cgi_path", "")))  # fmt: skip
-        if api is None:
-            return _answer(76021, "cgi_path not found")
-        used = self._used[(token.app_id, api)]
-        limit = self.daily_quota[api]
-        quota = {"daily_limit": limit, "used": used, "remain": max(0, limit - used)}
-        return web.Response(body=orjson.dumps({"errcode": 0, "errmsg": "ok", "quota": quota}),
-                            content_type="application/json")  # fmt: skip
+        component_appid, secret = str(body.get("component_appid") or ""), str(body.get("appsecret") or "")
+        app_id = str(body.get("appid") or "")
+
+        def handle() -> dict[str, Any]:
+            if not component_appid:
+                return _error(41018)
+            platform = self.platforms.get(component_appid)
+            if platform is None:
+                return _error(61011)
+            if not secret:
+                return _error(41004)
+            if platform.secret != secret:
+                return _error(40125)
+            if not app_id:
+                return _error(41002)
+            if (component_appid, app_id) not in self._authorizations:
+                return _error(61003)
+            return self._reset_quota(app_id)
+
+        return await self._serve(request, "component_clear_quota", app_id, handle)
+
+    def _reset_quota(self, app_id: str) -> dict[str, Any]:
+        """Zero every daily count of `app_id`, as one of its resets this China month (48006 past the limit)."""
+        month = time.strftime("%Y-%m", time.gmtime(self._clock() + 8 * 3600))
+        if self._resets[(app_id, month)] >= self.clear_quota_monthly_limit:
+            return _error(48006, "forbid to clear quota because of reaching the limit")
+        self._resets[(app_id, month)] += 1
+        for key in [k for k in self._used if k[0] == app_id]:
+            del self._used[key]
+        return {"errcode": 0, "errmsg": "ok"}
+
+    async def _quota_get(self, request: web.Request) -> web.StreamResponse:
+        token_value = request.query.get("access_token", "")
+        token = self.issued.get(token_value)
+        cgi_path = str((await _json_body(request)).get("cgi_path", ""))
+        app_id = token.app_id if token is not None and token.kind in ACCOUNT_TOKENS else ""
+
+        def handle() -> dict[str, Any]:
+            if not token_value:
+                return _error(41001)
+            if token is None or token.kind not in ACCOUNT_TOKENS or token.expires_at <= self._clock():
+                return _error(40001)
+            api = {"/cgi-bin/token": "token", "/cgi-bin/stable_token": "stable_token",
+                   "/cgi-bin/ticket/getticket": "getticket"}.get(cgi_path)  # fmt: skip
+            if api is None:
+                return _error(76021, "cgi_path not found")
+            used = self._used[(token.app_id, api)]
+            limit = self.daily_quota[api]
+            quota = {"daily_limit": limit, "used": used, "remain": max(0, limit - used)}
+            return {"errcode": 0, "errmsg": "ok", "quota": quota}
+
+        return await self._serve(request, "quota_get", app_id, handle)
 
     async def _stats(self, request: web.Request) -> web.Response:
         return web.Response(body=orjson.dumps(self.stats()), content_type="application/json")

@@ -278,6 +278,48 @@ class Lifetime(_Closed):
     expires_in: float | None
 
 
+class WeChatQuota(_Closed):
+    """WeChat's own count of one API's calls today (`openapi/quota/get`), as it answered at `askedAt`."""
+
+    daily_limit: Count
+    used: Count
+    remain: Count
+    asked_at: Annotated[str, msgspec.Meta(extra_json_schema={"format": "date-time"})]
+
+
+class AdminQuota(_Closed):
+    """WeChat's quota of the account's token and ticket APIs, asked now, next to the service's own count today."""
+
+    app: str
+    app_id: str
+    wechat_quota: dict[str, WeChatQuota]
+    upstream_calls_today: dict[str, Count]
+
+
+class ClearQuotaRequest(_Closed):
+    """A reset of WeChat's daily quotas, confirmed by naming the account as the path does."""
+
+    confirm: Annotated[
+        str,
+        msgspec.Meta(
+            max_length=64,
+            description="The account exactly as the path names it (its name or appId): the reset uses one of the "
+            "10 WeChat allows an account a month",
+        ),
+    ]
+
+
+class QuotaCleared(_Closed):
+    """A reset of WeChat's daily quotas, and how many of the month's 10 the service has made (null: the shared
+    cache does not answer); resets made elsewhere (another system, WeChat's console) are not among them."""
+
+    app: str
+    app_id: str
+    cleared: bool
+    resets_this_month: Count | None
+    resets_left_this_month: Count | None
+
+
 class AdminApp(_Closed):
     """One account's credentials in the admin API; never a credential value."""
 
@@ -301,6 +343,16 @@ class AdminApp(_Closed):
         ),
     ]
     forced_token_refreshes_today: Count
+    wechat_quota: (
+        Annotated[
+            dict[str, WeChatQuota],
+            msgspec.Meta(
+                description="WeChat's own count of the same APIs, as GET /admin/apps/{app}/quota last asked it "
+                "(kept 10 minutes); null when not asked lately. It counts every caller of the account"
+            ),
+        ]
+        | None
+    )
     token_api: Literal["stable", "classic"] | None = None
     """An official account's token API when it fetches its own token."""
     agent_ticket: Lifetime | None = None

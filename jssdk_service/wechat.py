@@ -49,7 +49,8 @@ logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 API = Literal["token", "stable_token", "getticket", "gettoken", "get_jsapi_ticket", "get_agent_ticket",
               "api_component_token", "api_query_auth", "api_authorizer_token",
-              "getcallbackip", "get_api_domain_ip", "callback_check"]  # fmt: skip
+              "getcallbackip", "get_api_domain_ip", "callback_check", "quota_get", "clear_quota",
+              "component_clear_quota"]  # fmt: skip
 Dialect = Literal["wechat", "wecom"]
 TicketKind = Literal["jsapi", "corp", "agent"]
 """An official account's jsapi_ticket; a WeCom corp's ticket (wx.config); a WeCom app's (wx.agentConfig)."""
@@ -69,6 +70,7 @@ _TICKET_CALLS: dict[TicketKind, tuple[API, str, dict[str, str]]] = {
     "agent": ("get_agent_ticket", "/cgi-bin/ticket/get", {"type": "agent_config"}),
 }
 TICKET_API: dict[TicketKind, API] = {kind: api for kind, (api, _, _) in _TICKET_CALLS.items()}
+_QUOTA_FIELDS = ("daily_limit", "used", "remain")
 
 CallObserver = Callable[[str, str, str], None]
 """Called once per HTTP call to WeChat with (app_id, api, outcome): "ok", an errcode, or an exception name."""
@@ -114,6 +116,15 @@ class Grant:
     app_id: str
     token: AccessToken = field(repr=False)
     refresh_token: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """WeChat's own count of one API's calls today (`openapi/quota/get`): the daily limit, used and remaining."""
+
+    daily_limit: int
+    used: int
+    remain: int
 
 
 class _Retryable(Exception):
@@ -297,6 +308,50 @@ class WeChatClient:
         return Grant(app_id=app_id, token=access, refresh_token=refresh if isinstance(refresh, str) and refresh
                      else refresh_token)  # fmt: skip
 
+    async def fetch_quota(self, *, app_id: str, token: AccessToken, cgi_path: str) -> Quota:
+        """WeChat's daily limit, used and remaining calls of the API at `cgi_path` for the token's account
+        (`openapi/quota/get`, WECOM_PLATFORM.md C.3); its answer is live, as some limits change."""
+        call = _Call(app_id, "quota_get", "POST", "/cgi-bin/openapi/quota/get", params={"access_token": token.value},
+                     json={"cgi_path": cgi_path}, hidden=(token.value,))  # fmt: skip
+        quota = (await self._ops_call(call)).get("quota")
+        # type() rather than isinstance: a JSON true is no count.
+        if not isinstance(quota, dict) or not all(type(quota.get(n)) is int and quota[n] >= 0 for n in _QUOTA_FIELDS):
+            raise UpstreamUnavailable(f"WeChat quota/get answered no daily_limit, used and remain for {cgi_path}",
+                                      app_id=app_id, api=call.api)  # fmt: skip
+        return Quota(daily_limit=quota["daily_limit"], used=quota["used"], remain=quota["remain"])
+
+    async def clear_quota(self, *, app_id: str, secret: str) -> None:
+        """Reset the account's daily quotas with its AppSecret (`clear_quota/v2`: no token needed, so it helps
+        when the token API's own quota is spent); one of the 10 resets WeChat allows an account a month."""
+        # The secret goes in the JSON body, never the URL, where proxies would log it (C.3 lets either carry it).
+        call = _Call(app_id, "clear_quota", "POST", "/cgi-bin/clear_quota/v2",
+                     json={"appid": app_id, "appsecret": secret}, hidden=(secret,))  # fmt: skip
+        await self._call_once(call)
+
+    async def clear_authorizer_quota(self, *, component_appid: str, secret: str, app_id: str) -> None:
+        """Reset an authorizer's daily quotas on its behalf with the platform's secret
+        (`component/clear_quota/v2`, WECOM_PLATFORM.md B.5); one of the authorizer's 10 resets a month."""
+        payload = {"component_appid": component_appid, "appsecret": secret, "appid": app_id}
+        call = _Call(app_id, "component_clear_quota", "POST", "/cgi-bin/component/clear_quota/v2", json=payload,
+                     hidden=(secret,))  # fmt: skip
+        try:
+            await self._call_once(call)
+        except UpstreamRejected as exc:
+            fix = _COMPONENT_FIXES.get(exc.errcode)
+            if fix is None:
+                raise
+            raise UpstreamRejected(exc.errcode, exc.errmsg, app_id=app_id, api=call.api, fix=fix) from None
+
+    async def _call_once(self, call: _Call) -> dict[str, Any]:
+        """One attempt, never retried: for a call that spends something scarce (a quota reset), where a retry
+        after a lost answer could spend it twice."""
+        try:
+            body, _ = await self._try_bases(call, self.scheduler.turn())
+        except _Retryable as exc:
+            message = f"WeChat {call.api} failed ({exc}); whether it took effect is unknown: look at the quota first"
+            raise UpstreamUnavailable(message, app_id=call.app_id, api=call.api) from None
+        return body
+
     async def _call(self, call: _Call, turn: Turn) -> tuple[dict[str, Any], float]:
         """WeChat's answer, and when the request it answers was sent (`clock` time)."""
         policy = self._policy
@@ -446,8 +501,13 @@ _FIXES = {
     45009: "the daily quota is spent: calls resume after midnight China time, or reset it with "
     "POST /cgi-bin/clear_quota/v2 (10 times a month)",
     48001: "the account lacks permission for this API: check its verification and interface permissions",
+    48006: "this month's 10 quota resets are used: the daily quotas come back at midnight China time, and the "
+    "resets next month",
     50004: "the account is frozen: see the WeChat admin console",
     50007: "the account is limited: see the WeChat admin console",
+    76021: "WeChat knows no API at this cgi_path: report this as a jssdk-service bug",
+    76022: "WeChat tells no quota of this API to this token's account (it does not for /sns/ APIs, nor for APIs the "
+    "account may not call)",
 }
 
 
@@ -497,7 +557,7 @@ def fix_for(errcode: int, errmsg: str, api: str, dialect: Dialect = "wechat") ->
     if errcode in (40164, 61004):
         found = re.search(r"(?:invalid ip|requestIP:?) ?([0-9a-fA-F.:]+)", errmsg)
         ip = found.group(1) if found else "this server's egress IP"
-        if api == "api_component_token":
+        if api == "api_component_token" or api in COMPONENT_APIS:
             return f"add {ip} to the platform's IP whitelist (白名单IP地址列表) in the open platform console"
         return f"add {ip} to the account's API IP whitelist in the WeChat admin console"
     if api == "api_component_token" or api in COMPONENT_APIS:

@@ -20,21 +20,13 @@ from jssdk_service.cache import RedisCache
 from jssdk_service.config import Settings
 from jssdk_service.fastlane import FastLaneListener
 from jssdk_service.keys import CALL_OBSERVERS
-from jssdk_service.sandbox import SandboxAccount, SandboxServer, WeChatSandbox
-from jssdk_service.sandbox_wecom import SandboxWeComApp
+from jssdk_service.sandbox import SandboxServer, WeChatSandbox
 from jssdk_service.wechat import CallObserver, RetryPolicy
 
 from .helpers import (
     ACCOUNT_ENV,
-    AGENT_ID,
-    APP_ID,
     CLI,
-    CORP_ID,
     FAST_RETRY,
-    OTHER_APP_ID,
-    OTHER_SECRET,
-    SECRET,
-    WECOM_SECRET,
     Fleet,
     Process,
     RedisServer,
@@ -44,6 +36,7 @@ from .helpers import (
     free_port,
     make_account,
     require_binary,
+    standard_sandbox,
     start_process,
     stop_process,
     wait_answering,
@@ -53,11 +46,7 @@ from .helpers import (
 @pytest.fixture
 def sandbox() -> WeChatSandbox:
     """An emulator that knows the two test accounts and the test WeCom app, with WeChat's real lifetimes."""
-    return WeChatSandbox(
-        [SandboxAccount(app_id=APP_ID, secret=SECRET), SandboxAccount(app_id=OTHER_APP_ID, secret=OTHER_SECRET)],
-        wecom_apps=[SandboxWeComApp(corp_id=CORP_ID, agent_id=AGENT_ID, secret=WECOM_SECRET)],
-        seed=7,
-    )
+    return standard_sandbox()
 
 
 @pytest.fixture

@@ -26,7 +26,8 @@ from aiohttp import web
 from jssdk_service.config import Account, Platform, Secret
 from jssdk_service.fastlane import FastLane
 from jssdk_service.keys import STORE
-from jssdk_service.sandbox import IssuedCredential, WeChatSandbox
+from jssdk_service.sandbox import IssuedCredential, SandboxAccount, WeChatSandbox
+from jssdk_service.sandbox_wecom import SandboxWeComApp
 from jssdk_service.share import SharePolicy
 from jssdk_service.wechat import RetryPolicy
 
@@ -87,6 +88,16 @@ OFFICIAL_VECTORS = (
 
 
 # -- the service in this process -------------------------------------------------------------
+
+
+def standard_sandbox(**options: Any) -> WeChatSandbox:
+    """An emulator that knows the two test accounts and the test WeCom app (seeded), plus `options`."""
+    return WeChatSandbox(
+        [SandboxAccount(app_id=APP_ID, secret=SECRET), SandboxAccount(app_id=OTHER_APP_ID, secret=OTHER_SECRET)],
+        wecom_apps=[SandboxWeComApp(corp_id=CORP_ID, agent_id=AGENT_ID, secret=WECOM_SECRET)],
+        seed=7,
+        **options,
+    )
 
 
 def make_account(**overrides: Any) -> Account:
@@ -289,6 +300,23 @@ def clean_environment(**overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("JSSDK_") and k not in ("PROMETHEUS_MULTIPROC_DIR", "XDG_RUNTIME_DIR")}  # fmt: skip
     return {**env, **overrides}
+
+
+class CommandResult(NamedTuple):
+    """How a run of a `jssdk-service` subcommand ended."""
+
+    code: int
+    out: str
+    err: str
+
+
+async def run_cli(*args: str, env: dict[str, str]) -> CommandResult:
+    """`jssdk-service *args` as a child process in a clean environment plus `env`, to its end."""
+    process = await asyncio.create_subprocess_exec(*CLI, *args, env=clean_environment(**env),
+                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return CommandResult(process.returncode, out.decode(), err.decode())
 
 
 def sandbox_command(port: int, *args: str) -> list[str]:

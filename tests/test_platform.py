@@ -302,3 +302,50 @@ async def test_authorizers_are_refreshed_ahead_across_short_lifetimes(
         assert 2 <= sandbox.count("getticket", app_id) <= 5, sandbox.count("getticket", app_id)
         assert 1 <= sandbox.count("api_authorizer_token", app_id) <= 5
         assert sandbox.count("getticket", app_id, ok_only=True) == sandbox.count("getticket", app_id)
+
+
+async def test_a_refused_component_token_does_not_stall_authorizers_holding_every_upstream_slot(
+    sandbox: WeChatSandbox, start_service: ServiceFactory, http: aiohttp.ClientSession
+) -> None:
+    """With one upstream slot, authorizers whose refreshes find the component token knocked out all get a new
+    one and a new token of their own: the platform's refresh is never left waiting for a slot they hold."""
+    service = await start_service(platforms=(make_platform(),), admin_token=Secret(ADMIN), upstream_concurrency=1)
+    sandbox.platforms[COMPONENT_APPID].callback_url = events_url(service.url)
+    await sandbox.push_verify_ticket(COMPONENT_APPID)
+    authorizers = [f"wxa00000000000c00{n}" for n in range(4)]
+    for app_id in authorizers:
+        await sandbox.authorize(COMPONENT_APPID, app_id)
+    for cred in list(sandbox.issued.values()):
+        if cred.kind == "component_token":
+            sandbox.knock_out_token(cred.value)
+
+    async def forced(app_id: str) -> int:
+        async with http.post(f"{service.url}/admin/apps/{app_id}/refresh", params={"token": "1"}, headers=AUTH) as r:
+            return r.status
+
+    statuses = await asyncio.wait_for(asyncio.gather(*(forced(app_id) for app_id in authorizers)), 20)
+    assert statuses == [200] * len(authorizers)
+    assert sandbox.count("api_component_token") == 2  # the first, and one after it was refused
+
+
+async def test_pushes_in_pieces_and_bad_list_queries(
+    sandbox: WeChatSandbox, platform_service: RunningService, http: aiohttp.ClientSession
+) -> None:
+    """A push whose body arrives in several pieces is taken whole; a malformed page cursor or count is a 400."""
+    crypt = MessageCrypt(token=MESSAGE_TOKEN, aes_key=AES_KEY, receive_id=COMPONENT_APPID)
+    fields = {"AppId": COMPONENT_APPID, "InfoType": "component_verify_ticket", "ComponentVerifyTicket": "pieces"}
+    timestamp = str(int(time.time()))
+    body, signature = crypt.seal_push(fields, timestamp=timestamp, nonce="31")
+
+    async def pieces() -> Any:
+        for start in range(0, len(body), 40):
+            yield body[start : start + 40]
+            await asyncio.sleep(0.01)
+
+    params = {"timestamp": timestamp, "nonce": "31", "msg_signature": signature, "encrypt_type": "aes"}
+    async with http.post(events_url(platform_service.url), params=params, data=pieces()) as r:
+        assert (r.status, await r.text()) == (200, "success")
+    base = f"{platform_service.url}/admin/platforms/{COMPONENT_APPID}/authorizers"
+    for query in ({"cursor": "abc"}, {"cursor": "9" * 20}, {"count": "²"}, {"count": "0"}, {"count": "5000"}):
+        async with http.get(base, params=query, headers=AUTH) as r:
+            assert r.status == 400, query

@@ -8,7 +8,6 @@ import sys
 from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import NamedTuple
 
 import aiohttp
 import pytest
@@ -20,13 +19,16 @@ from jssdk_service.wechat import WeChatClient
 from .helpers import (
     ACCOUNT_ENV,
     APP_ID,
-    CLI,
     FAST_RETRY,
     SECRET,
     RedisServer,
     ServiceFactory,
     clean_environment,
+    run_cli,
     sign,
+)
+from .helpers import (
+    CommandResult as Result,
 )
 
 CALLBACK_IPS = ["101.226.103.0/25", "203.0.113.7", "2001:db8::/32"]
@@ -34,21 +36,9 @@ API_IPS = ["101.89.47.18", "101.91.37.62"]
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 
 
-class Result(NamedTuple):
-    """How a run of the command ended."""
-
-    code: int
-    out: str
-    err: str
-
-
 async def wechat_ips(*args: str, env: dict[str, str]) -> Result:
     """`jssdk-service wechat-ips *args` as a child process in a clean environment plus `env`, to its end."""
-    process = await asyncio.create_subprocess_exec(*CLI, "wechat-ips", *args, env=clean_environment(**env),
-                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)  # fmt: skip
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return Result(process.returncode, out.decode(), err.decode())
+    return await run_cli("wechat-ips", *args, env=env)
 
 
 @pytest.fixture
