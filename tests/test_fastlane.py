@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from collections.abc import AsyncIterator
 from urllib.parse import quote
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from jssdk_service.config import Secret
+from jssdk_service.fastlane import signing_query
 from jssdk_service.sandbox import WeChatSandbox
 
 from .helpers import (
@@ -286,3 +289,33 @@ async def test_a_client_that_does_not_read_stops_the_lane_reading(
     connection.data_received(signature_request())
     assert service.lane.answered == answered + 1
     connection.connection_lost(None)
+
+
+QUERIES = [
+    "app=wx1&url=https%3A%2F%2Fexample.com%2Fp",
+    "url=https://example.com/p?a=1&app=wx1",
+    "app=wx1&app=wx2&url=a&url=b",
+    "%61pp=wx1&u%72l=x",
+    "app=w+x&url=a+b%2Bc",
+    "app=&url",
+    "&&app=wx1&&url=%zz%4&",
+    "url=%E4%BD%A0%E5%A5%BD&app=%FF%FEwx",
+    "url=%E4%BD&app=%C3",
+    "app=wx1;url=x",
+    "app=wx1=2&url==",
+    "",
+]
+
+
+def random_queries(count: int) -> list[str]:
+    """Seeded random queries over the characters that matter to decoding."""
+    rng = random.Random(20261203)
+    pieces = ["app", "url", "=", "&", "+", "%", "%2", "%41", "%E4%BD%A0", "%C3", "%FF", "a", ";", "%26", "%3D", "é"]
+    return ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 12))) for _ in range(count)]
+
+
+@pytest.mark.parametrize("query", QUERIES + random_queries(300))
+def test_the_lane_reads_a_query_as_aiohttp_does(query: str) -> None:
+    """`app` and `url` as `request.query` gives them: decoding, repeats, bad UTF-8, stray escapes."""
+    parsed = URL.build(path="/v1/signature", query_string=query, encoded=True).query
+    assert signing_query(query) == (parsed.get("app"), parsed.get("url"))
