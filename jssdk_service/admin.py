@@ -357,9 +357,12 @@ def _quota_shown(record: dict[str, Any] | None) -> dict[str, WeChatQuota] | None
     apis = record.get("apis") if record is not None else None
     if not apis or record is None:
         return None
-    asked_at = _iso(record["asked_at"]) or ""
-    return {api: WeChatQuota(daily_limit=q["daily_limit"], used=q["used"], remain=q["remain"], asked_at=asked_at)
-            for api, q in apis.items()}  # fmt: skip
+    try:
+        asked_at = _iso(record["asked_at"]) or ""
+        return {str(api): WeChatQuota(daily_limit=int(q["daily_limit"]), used=int(q["used"]), remain=int(q["remain"]),
+                                      asked_at=asked_at) for api, q in apis.items()}  # fmt: skip
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError, OSError):
+        return None  # a record this version cannot read (the fleet shares it): not shown, as if not asked
 
 
 def _component(request: web.Request) -> ComponentCredentials:

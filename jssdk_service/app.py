@@ -19,7 +19,7 @@ from jssdk_service.admin import admin_app
 from jssdk_service.cache import RawKeys, open_cache
 from jssdk_service.component import Platforms, PushGuard
 from jssdk_service.config import Account, Settings, TokenRedisKey
-from jssdk_service.credentials import AuthorizerTokens, CredentialStore, RefreshRules, StateWatcher
+from jssdk_service.credentials import AuthorizerTokens, CredentialStore, PlatformWatcher, RefreshRules, StateWatcher
 from jssdk_service.endpoint import Route, install_routes
 from jssdk_service.keys import (
     CACHE,
@@ -79,6 +79,7 @@ def create_app(
     notifier = _notifier(settings, clock)
     state_watchers: tuple[StateWatcher, ...] = () if notifier is None else (notifier.watch_state,)
     quota_watchers: tuple[QuotaWatcher, ...] = () if notifier is None else (notifier.watch_quota,)
+    platform_watchers: tuple[PlatformWatcher, ...] = () if notifier is None else (notifier.watch_platform,)
     usage.watchers.extend(quota_watchers)
 
     async def wechat_client(app: web.Application) -> AsyncIterator[None]:
@@ -106,7 +107,8 @@ def create_app(
         authorizer_tokens: dict[str, AuthorizerTokens] = {}
         rules = RefreshRules(clock=clock, lock_lease=settings.lock_lease, request_wait=settings.request_wait,
                              usage=usage, source_keys=source_keys, platforms=authorizer_tokens,
-                             watchers=state_watchers, quota_watchers=quota_watchers)  # fmt: skip
+                             watchers=state_watchers, quota_watchers=quota_watchers,
+                             platform_watchers=platform_watchers)  # fmt: skip
         cache = app[CACHE]
         store = CredentialStore(settings.accounts, app[WECHAT], cache, rules=rules)
         app[STORE] = store

@@ -60,6 +60,8 @@ if current and cjson.decode(current)['value'] == ARGV[1] then
 end
 return 0
 """
+# Store a value and answer the one it replaces, in one step (SET ... GET would need Redis 6.2).
+_SWAP = "local old = redis.call('get', KEYS[1]) redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) return old"
 # Release a lock only if we still own it (a lease that ran out may belong to another process now).
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
@@ -88,6 +90,11 @@ class SharedCache(Protocol):
 
     async def acquire(self, key: str, owner: str, lease: float) -> bool:
         """Take the lock `key` for `lease` seconds unless someone else holds it."""
+        ...
+
+    async def swap(self, key: str, value: str, ttl: float) -> str | None:
+        """Store `value` at `key` for `ttl` seconds and answer the value it replaced, in one step (so two
+        processes swapping in the same value see it once); None when there was none (or the cache is away)."""
         ...
 
     async def put_entry(self, key: str, name: str, record: dict[str, Any]) -> bool:
@@ -163,6 +170,12 @@ class MemoryCache:
 
     async def release(self, key: str, owner: str) -> None:
         return None
+
+    async def swap(self, key: str, value: str, ttl: float) -> str | None:
+        # The memory backend never suspends between the two.
+        old = await self._cache.get(key)
+        await self._cache.set(key, value, ttl=max(ttl, 0.001))
+        return None if old is None else str(old)
 
     async def put_entry(self, key: str, name: str, record: dict[str, Any]) -> bool:
         self._tables.setdefault(key, {})[name] = orjson.dumps(record).decode()
@@ -264,6 +277,11 @@ class RedisCache:
 
     async def release(self, key: str, owner: str) -> None:
         await self._guard(self._cache.client.eval(_RELEASE, 1, self._cache._build_key(key), owner))
+
+    async def swap(self, key: str, value: str, ttl: float) -> str | None:
+        raw = self._cache._build_key(key)
+        old = await self._guard(self._cache.client.eval(_SWAP, 1, raw, value, max(1, int(ttl * 1000))))
+        return None if old is None else _text(old)
 
     async def put_entry(self, key: str, name: str, record: dict[str, Any]) -> bool:
         raw = self._cache._build_key(key)

@@ -11,7 +11,8 @@ over `MAX_PUSH` bytes is 413. The log says why, never with a key, a ticket or a 
 What a push carries goes to `component.py`: the ticket is kept for the fleet; `authorized` and
 `updateauthorized` exchange their code at once (`api_query_auth`) and the authorizer is added;
 `unauthorized` removes it. When the exchange fails upstream the answer is 503, so WeChat pushes
-again.
+again; but a code WeChat calls invalid, used or expired (61009, 61010) is answered `success`, with
+an error in the log: the same code would fail again, the account has to authorize again.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from aiohttp import web
 
 from jssdk_service.clientip import client_ip
 from jssdk_service.component import ComponentCredentials, Platforms
-from jssdk_service.errors import InvalidPush, PayloadTooLarge, UpstreamError
+from jssdk_service.errors import InvalidPush, PayloadTooLarge, UpstreamError, UpstreamRejected
 from jssdk_service.keys import PLATFORMS, PUSH_GUARD
 from jssdk_service.msgcrypt import MessageRejected
 
@@ -31,6 +32,8 @@ log = logging.getLogger("jssdk_service.callbacks")
 # WeChat's pushes are well under a kilobyte; anything much larger is not one of them.
 MAX_PUSH = 16 * 1024
 _AUTHORIZED = ("authorized", "updateauthorized")
+# An authorization code that is not valid or was used (61009), or expired (61010): never good again.
+SPENT_CODE = frozenset({61009, 61010})
 
 
 async def platform_events(request: web.Request) -> web.Response:
@@ -63,6 +66,12 @@ async def platform_events(request: web.Request) -> web.Response:
         raise _refused(request, component_appid, "replayed", "this push was received before (its nonce is used)")
     try:
         await _take(platforms, component, fields)
+    except UpstreamRejected as exc:
+        if exc.errcode not in SPENT_CODE:
+            await guard.forget(component_appid, timestamp, nonce)
+            raise
+        # The same code would be refused again: a push repeated is no use, the account must authorize again.
+        log.error("platform=%s %s push: %s (%s)", component_appid, fields.get("InfoType", ""), exc.message, exc.fix)
     except UpstreamError:
         await guard.forget(component_appid, timestamp, nonce)  # WeChat may push it again as it was
         raise

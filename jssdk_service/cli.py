@@ -215,6 +215,11 @@ def _chosen_account(settings: Settings, app: str | None) -> Account:
     account = settings.account(app) if app else next(iter(settings.accounts), None)
     if account is None:
         problem = f"has value {app!r}; no account has that name or appId" if app else "has no account"
+        if not settings.accounts and settings.platforms:
+            problem += (
+                ": WeChat's lists are asked with an account's token, and a platform's authorizers are "
+                "not asked; configure one [[accounts]] entry (any official account) for this command"
+            )
         raise ConfigError("--app", problem)
     return account
 

@@ -63,6 +63,9 @@ log = logging.getLogger("jssdk_service.component")
 VERIFY_TICKET_LIFE = 12 * 3600.0
 # How far a push's timestamp may be from our clock: WeChat sends it as it pushes.
 PUSH_WINDOW = 300.0
+# WeChat pushes a component_verify_ticket every 10 minutes: for this long after the start, having none yet
+# is expected, and not told to the watchers (notifications) as a failure.
+FIRST_PUSH_GRACE = 900.0
 # Nonces remembered in this process (within the window); beyond that the oldest go first.
 MAX_NONCES = 100_000
 AUTHORIZERS_PAGE = 500
@@ -74,6 +77,10 @@ PREFIX = "component"
 
 def _prefix(component_appid: str) -> str:
     return f"{PREFIX}:{component_appid}"
+
+
+class NoVerifyTicket(UpstreamUnavailable):
+    """No component_verify_ticket pushed (or kept by the fleet) yet: no component token can be fetched."""
 
 
 class ComponentCredentials:
@@ -112,6 +119,9 @@ class ComponentCredentials:
         self._refused: str | None = None
         self._adopting: asyncio.Task[None] | None = None
         self.last_push: float | None = None
+        self._started_at = self._clock()
+        # The state last told to the platform watchers: ("failed", class) or None (working, or nothing told).
+        self._told: tuple[str, str] | None = None
 
     def __repr__(self) -> str:
         return f"ComponentCredentials(platform={self.platform.component_appid!r})"
@@ -130,7 +140,7 @@ class ComponentCredentials:
         record = await self._cache.get(self._ticket_key)
         value = self._last_ticket if record is None else record.get("value")
         if not isinstance(value, str) or not value:
-            raise UpstreamUnavailable(
+            raise NoVerifyTicket(
                 "no component_verify_ticket yet: WeChat pushes one every 10 minutes to "
                 f"/v1/platform/{self.platform.component_appid}/events (check the platform's 授权事件接收URL "
                 "and the callback allow list: jssdk-service wechat-ips --callback)",
@@ -186,10 +196,17 @@ class ComponentCredentials:
             self._record_failure(failure)
             raise failure from None
         self._token = token
+        self._recovered()
+        return token
+
+    def _recovered(self) -> None:
         if self._error is not None:
             log.info("platform=%s component_access_token recovered", self.platform.component_appid)
+        if self._told is not None:
+            self._told = None
+            for watcher in self._rules.platform_watchers:
+                watcher(self.platform, "recovered", None)
         self._error, self._failures, self._blocked_until = None, 0, 0.0
-        return token
 
     async def _shared_token(self) -> AccessToken | None:
         record = await self._cache.get(self.token_key)
@@ -216,7 +233,13 @@ class ComponentCredentials:
         return token
 
     def _record_failure(self, exc: UpstreamError) -> None:
-        count_refresh_failure(self.platform.name, failure_class(exc))
+        kind = failure_class(exc)
+        count_refresh_failure(self.platform.name, kind)
+        expected = isinstance(exc, NoVerifyTicket) and self._clock() - self._started_at < FIRST_PUSH_GRACE
+        if not expected and self._told != ("failed", kind):
+            self._told = ("failed", kind)
+            for watcher in self._rules.platform_watchers:
+                watcher(self.platform, "failed", exc)
         now = self._clock()
         first = self._error is None or str(self._error) != str(exc)
         self._error = exc
@@ -238,7 +261,7 @@ class ComponentCredentials:
         shared = await self._shared_token()
         if shared is not None and (self._token is None or shared.obtained_at >= self._token.obtained_at):
             self._token = shared
-            self._error, self._failures, self._blocked_until = None, 0, 0.0
+            self._recovered()
 
     async def keep_fresh(self) -> None:
         """The background refresher of the component token: ahead of expiry, so authorizers never wait on it."""

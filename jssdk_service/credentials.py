@@ -38,7 +38,7 @@ from typing import Any, Literal, Protocol, TypeVar
 import orjson
 
 from jssdk_service.cache import RawKeyError, RawKeys, SharedCache
-from jssdk_service.config import Account, TokenRedisKey, TokenURL
+from jssdk_service.config import Account, Platform, TokenRedisKey, TokenURL
 from jssdk_service.errors import (
     HourlyLimited,
     PlatformUnavailable,
@@ -137,6 +137,8 @@ class RefreshRules:
     """Told of each account's state changes (notifications)."""
     quota_watchers: Sequence[QuotaWatcher] = ()
     """Told when the fleet passes 80% of WeCom's hourly limits."""
+    platform_watchers: Sequence[PlatformWatcher] = ()
+    """Told of each platform's component token state changes (notifications)."""
 
 
 AccountEvent = Literal["failed", "recovered"]
@@ -148,6 +150,14 @@ class StateWatcher(Protocol):
     Called in this process, once per change; never per request."""
 
     def __call__(self, account: Account, event: AccountEvent, error: UpstreamError | None) -> None: ...
+
+
+class PlatformWatcher(Protocol):
+    """Told when a platform's component_access_token refreshes start failing (`failed`, again when the
+    kind of failure changes) and when they succeed again (`recovered`): its authorizers' refreshes fail
+    with it, and are told as the platform's failure, once. Called in this process, once per change."""
+
+    def __call__(self, platform: Platform, event: AccountEvent, error: UpstreamError | None) -> None: ...
 
 
 class ComponentTokenNeeded(Exception):
@@ -630,7 +640,8 @@ class AccountCredentials:
 
     def _record_failure(self, exc: UpstreamError) -> None:
         kind = failure_class(exc)
-        count_refresh_failure(self.account.name, kind)
+        if kind != "platform":  # thousands of authorizers failing with their platform: counted once, as its own
+            count_refresh_failure(self.account.name, kind)
         if self._error is None or failure_class(self._error) != kind:
             for watcher in self._rules.watchers:
                 watcher(self.account, "failed", exc)

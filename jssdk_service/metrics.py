@@ -14,9 +14,9 @@
                                                      platform's component token under the platform's name):
                                                      class "configuration" (WeChat refuses the setup: fix it),
                                                      "quota" (a quota or limit is spent), "source" (an
-                                                     external token source fails), "platform" (an authorizer
-                                                     waits on its platform's failed component token),
-                                                     "upstream" (WeChat fails)
+                                                     external token source fails), "upstream" (WeChat
+                                                     fails); an authorizer failing for its platform's token
+                                                     is not counted (the platform's failure is, once)
     jssdk_quota_used_ratio{app,api,window}           the fleet's calls against a published quota, from 50%:
                                                      window "day" (WeChat's daily quotas) or "hour" (WeCom's)
     jssdk_cache_up                                   1 while the shared cache answers, 0 while degraded

@@ -2,17 +2,21 @@
 
 What is told: an account's refreshes start failing (`failed`, with the error's class; again when the
 class changes, as when WeChat starts refusing the configuration), work again (`recovered`), and a
-quota passes 80% (`quota`). The credential store and the quota counters call `watch_state` and
+quota passes 80% (`quota`); a platform's component token likewise (its authorizers, which fail
+with it, are not told one by one). The credential store and the quota counters call `watch_state` and
 `watch_quota` in the event loop, and never wait: a notice goes on a bounded queue (dropped, with one
 log line, when the queue is full) and one background task sends.
 
 Once per change, and once for the fleet:
 - in this process a notice that repeats the account's last state is dropped (a quota is told once a
   China day, or once an hour for WeCom's hourly limits);
-- before sending, the sender takes the change's markers in the shared cache (`SharedCache.acquire`,
-  never released: they expire). Two processes that see the same change within `FLEET_WINDOW`
-  seconds of each other share a marker: the first sends, the other drops it. With the memory cache
-  there is one process, and the markers are always taken.
+- before sending a state change, the sender swaps the account's state into the shared cache
+  (`SharedCache.swap`, one atomic step): it sends only when the state it replaced differs, so of
+  two processes seeing the same change, however far apart, one sends; a failure after a recovery is
+  told again however soon it comes; a recovery is told only when a failure was. A quota takes
+  markers instead (`SharedCache.acquire`, never released: they expire at the end of the quota's
+  day or hour): the first process to take them sends. With the memory cache there is one process.
+  While the shared cache is away a change is sent (twice rather than never).
 
 Per webhook at most `per_minute` messages a minute (a robot takes 20): the notices beyond are folded
 into one summary, sent when the minute has room again. A message is tried 3 times (again after
@@ -43,7 +47,7 @@ import aiohttp
 import orjson
 
 from jssdk_service.cache import SharedCache
-from jssdk_service.config import Account, Webhook
+from jssdk_service.config import Account, Platform, Secret, Webhook
 from jssdk_service.credentials import AccountEvent
 from jssdk_service.errors import UpstreamError, failure_class
 from jssdk_service.quotas import china_day, next_china_midnight
@@ -56,9 +60,9 @@ RATE_WINDOW = 60.0  # seconds over which a webhook's `per_minute` counts
 RETRY_DELAYS = (0.5, 2.0)  # before the second and the third attempt
 RETRIED_ERRCODES = frozenset({45009, -1})  # a robot's: over its 20 a minute; busy
 POST_TIMEOUT = 5.0
-# Two processes seeing one change within this many seconds of each other send one message.
-FLEET_WINDOW = 60.0
 HOUR = 3600.0
+# How long the fleet remembers an account's last state told: a failure lasting longer is told again.
+STATE_KEPT = 7 * 24 * 3600.0
 FOLDED_KEPT = 100  # notices a summary lists; it counts the rest
 ROBOT_CONTENT_BYTES = 4000  # a robot's markdown content may be 4096 bytes
 VALUE_CHARS = 500  # the longest value a message carries (a message, a fix)
@@ -152,24 +156,26 @@ def robot_body(content: str) -> dict[str, Any]:
     return {"msgtype": "markdown", "markdown": {"content": content}}
 
 
-def fleet_markers(notice: Notice) -> list[tuple[str, float]]:
-    """The markers (cache key, lease) the sender of `notice` takes in the fleet's cache, in order: it
+def quota_markers(notice: Notice) -> list[tuple[str, float]]:
+    """The markers (cache key, lease) the sender of a quota notice takes in the fleet's cache, in order: it
     sends only when it took them all.
 
-    A change is marked in its time bucket and the next one: two processes within a bucket's width of
-    each other share a key whichever buckets they are in, so one sends; each marker lives until its
-    bucket is over. A daily quota is marked once a China day (its quota resets at midnight).
+    A daily quota is marked once a China day (its quota resets at midnight). An hourly one is marked in
+    its hour and the next: two processes within an hour of each other share a key whichever hours they
+    are in, so one sends; each marker lives until its hour is over.
     """
     now = notice.at
-    if notice.event == "quota" and notice.window == "day":
+    if notice.window == "day":
         day = china_day(now)
         return [(f"notify:{notice.app_id}:quota:{notice.api}:day:{day}", next_china_midnight(now) - now + 60)]
-    if notice.event == "quota":
-        name, width = f"notify:{notice.app_id}:quota:{notice.api}:{notice.window}", HOUR
-    else:
-        name, width = f"notify:{notice.app_id}:{notice.event}:{notice.failure or '-'}", FLEET_WINDOW
-    bucket = int(now // width)
-    return [(f"{name}:{b}", (b + 1) * width - now + 1) for b in (bucket, bucket + 1)]
+    name = f"notify:{notice.app_id}:quota:{notice.api}:{notice.window}"
+    bucket = int(now // HOUR)
+    return [(f"{name}:{b}", (b + 1) * HOUR - now + 1) for b in (bucket, bucket + 1)]
+
+
+def state_told(notice: Notice) -> tuple[str, str]:
+    """The shared cache's key for an account's (or a platform's) last state told, and this notice's state."""
+    return f"notify:{notice.app_id}:state", f"{notice.event}:{notice.failure or '-'}"
 
 
 class _Hook:
@@ -233,6 +239,8 @@ class Notifier:
         self._timeout = timeout
         # This process's last state told per account, and when each quota was last told.
         self._states: dict[str, tuple[str, str | None]] = {}
+        # Authorizers whose last failure was their platform's (told as the platform's).
+        self._through_platform: set[str] = set()
         self._quotas: dict[tuple[str, str, str], float] = {}
         self._dropping = False
         self._owner = secrets.token_hex(8)
@@ -246,17 +254,38 @@ class Notifier:
     # -- the watchers: called in the event loop, never wait ----------------------------------
 
     def watch_state(self, account: Account, event: AccountEvent, error: UpstreamError | None) -> None:
-        """A `credentials.StateWatcher`: an account's refreshes failed (first, or of a new class) or recovered."""
+        """A `credentials.StateWatcher`: an account's refreshes failed (first, or of a new class) or recovered.
+
+        An authorizer failing for its platform's component token (class `platform`) is not told: the
+        platform's own failure is (`watch_platform`), once for all its authorizers; nor is its recovery.
+        """
         failure = None if error is None else failure_class(error)
-        if self._states.get(account.key) == (event, failure):
+        if failure == "platform":
+            self._through_platform.add(account.key)
             return
-        self._states[account.key] = (event, failure)
+        if account.key in self._through_platform:
+            self._through_platform.discard(account.key)
+            if event == "recovered":
+                return
+        self._tell(account.key, account.name, event, error, account.secret)
+
+    def watch_platform(self, platform: Platform, event: AccountEvent, error: UpstreamError | None) -> None:
+        """A `credentials.PlatformWatcher`: a platform's component token failed (first, or of a new class) or
+        recovered."""
+        self._tell(platform.component_appid, platform.name, event, error, platform.secret)
+
+    def _tell(self, key: str, name: str, event: AccountEvent, error: UpstreamError | None,
+              secret: Secret | None) -> None:  # fmt: skip
+        failure = None if error is None else failure_class(error)
+        if self._states.get(key) == (event, failure):
+            return
+        self._states[key] = (event, failure)
         message = fix = None
         if error is not None:
-            message = _scrubbed(error.message, account)
-            fix = _scrubbed(getattr(error, "fix", "") or "", account) or None
+            message = _scrubbed(error.message, secret)
+            fix = _scrubbed(getattr(error, "fix", "") or "", secret) or None
         errcode = getattr(error, "errcode", None)
-        self._put(Notice(event=event, app=account.name, app_id=account.key, at=self._clock(), failure=failure,
+        self._put(Notice(event=event, app=name, app_id=key, at=self._clock(), failure=failure,
                          errcode=errcode if isinstance(errcode, int) else None, message=message, fix=fix,
                          api=(error.api or None) if error is not None else None))  # fmt: skip
 
@@ -325,9 +354,16 @@ class Notifier:
             return None
 
     async def _claimed(self, notice: Notice) -> bool:
-        """Whether this process is the fleet's sender of `notice`: it took every marker of the change."""
+        """Whether this process is the fleet's sender of `notice`: the state it swapped in is news to the fleet,
+        or it took every marker of the quota."""
         assert self._cache is not None  # started
-        for key, lease in fleet_markers(notice):
+        if notice.event != "quota":
+            key, state = state_told(notice)
+            before = await self._cache.swap(key, state, STATE_KEPT)
+            if before is None and not self._cache.health().get("ok", True):
+                return True  # the fleet cannot say: twice rather than never
+            return before != state and (notice.event == "failed" or before is not None)
+        for key, lease in quota_markers(notice):
             if not await self._cache.acquire(key, self._owner, lease):
                 return False
         return True
@@ -389,10 +425,10 @@ class Notifier:
         return f"errcode {errcode}: {errmsg}", errcode in RETRIED_ERRCODES
 
 
-def _scrubbed(text: str, account: Account) -> str:
+def _scrubbed(text: str, secret: Secret | None) -> str:
     # errors.py's messages carry no secret already; a message leaving for a chat room is checked once more.
-    secret = account.secret.reveal() if account.secret is not None else ""
-    return text.replace(secret, "***") if secret else text
+    value = secret.reveal() if secret is not None else ""
+    return text.replace(value, "***") if value else text
 
 
 def _one_line(value: object) -> str:

@@ -165,6 +165,8 @@ class WeChatSandbox(WeComSandbox, PlatformSandbox):
         self.renew_before = stable_renew_before
         self.force_refresh_interval = force_refresh_interval
         self.daily_quota = {"token": 2000, "stable_token": 500_000, "getticket": 2000, **(daily_quota or {})}
+        self.clear_quota_reads: Literal["either", "query", "body"] = "either"
+        """Where clear_quota/v2 reads appid and appsecret: WeChat's docs disagree, so tests try each."""
         self.clear_quota_monthly_limit = 10
         """Resets of an account's daily quotas WeChat takes per China month (clear_quota and its v2s share them)."""
         self.faults = Faults()
@@ -469,8 +471,11 @@ class WeChatSandbox(WeComSandbox, PlatformSandbox):
         return True
 
     async def _clear_quota(self, request: web.Request) -> web.StreamResponse:
-        # The query's parameters (what the SDKs send) or the JSON body's (what the newer docs list).
-        fields: dict[str, Any] = {**request.query, **await _json_body(request)}
+        # The query's parameters (what the SDKs send) or the JSON body's (what the newer docs list); one of
+        # them alone when `clear_quota_reads` says so (WeChat's may read one).
+        body = await _json_body(request)
+        reads = self.clear_quota_reads
+        fields: dict[str, Any] = {**(request.query if reads != "body" else {}), **(body if reads != "query" else {})}
         app_id, secret = str(fields.get("appid") or ""), str(fields.get("appsecret") or "")
 
         def handle() -> dict[str, Any]:

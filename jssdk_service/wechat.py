@@ -24,7 +24,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import httpx
@@ -90,6 +90,10 @@ class RetryPolicy:
     base_cooldown: float = 60.0
     connect_timeout: float = 3.0
     read_timeout: float = 5.0
+
+
+# WeChat saying a call's appid (41002) or appsecret (41004) is missing: it looked for them elsewhere.
+_FIELDS_MISSING = frozenset({41002, 41004})
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,10 +327,17 @@ class WeChatClient:
     async def clear_quota(self, *, app_id: str, secret: str) -> None:
         """Reset the account's daily quotas with its AppSecret (`clear_quota/v2`: no token needed, so it helps
         when the token API's own quota is spent); one of the 10 resets WeChat allows an account a month."""
-        # The secret goes in the JSON body, never the URL, where proxies would log it (C.3 lets either carry it).
-        call = _Call(app_id, "clear_quota", "POST", "/cgi-bin/clear_quota/v2",
-                     json={"appid": app_id, "appsecret": secret}, hidden=(secret,))  # fmt: skip
-        await self._call_once(call)
+        # WeChat's docs put appid and appsecret in the JSON body or in the query (the SDKs'): the body first (no
+        # secret in a URL a proxy logs); when WeChat answers that they are missing (41002, 41004: no reset
+        # spent), the query.
+        fields = {"appid": app_id, "appsecret": secret}
+        call = _Call(app_id, "clear_quota", "POST", "/cgi-bin/clear_quota/v2", json=fields, hidden=(secret,))
+        try:
+            await self._call_once(call)
+        except UpstreamRejected as exc:
+            if exc.errcode not in _FIELDS_MISSING:
+                raise
+            await self._call_once(replace(call, json=None, params=fields))
 
     async def clear_authorizer_quota(self, *, component_appid: str, secret: str, app_id: str) -> None:
         """Reset an authorizer's daily quotas on its behalf with the platform's secret

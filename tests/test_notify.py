@@ -14,16 +14,16 @@ import aiohttp
 import orjson
 import pytest
 
-from jssdk_service.cache import MemoryCache
+from jssdk_service.cache import MemoryCache, RedisCache
 from jssdk_service.config import Secret, Webhook, load_settings
-from jssdk_service.errors import ConfigError, UpstreamRejected, UpstreamUnavailable
+from jssdk_service.credentials import AccountEvent
+from jssdk_service.errors import ConfigError, PlatformUnavailable, UpstreamRejected, UpstreamUnavailable
 from jssdk_service.keys import CACHE
 from jssdk_service.notify import (
-    FLEET_WINDOW,
     Notice,
     Notifier,
-    fleet_markers,
     json_body,
+    quota_markers,
     robot_markdown,
     robot_summary,
 )
@@ -33,14 +33,18 @@ from jssdk_service.sandbox_webhooks import WebhookReceiver
 
 from .helpers import (
     APP_ID,
+    COMPONENT_APPID,
+    COMPONENT_SECRET,
     OTHER_APP_ID,
     OTHER_SECRET,
     SECRET,
     WECOM_KEY,
     WECOM_SECRET,
     Fleet,
+    RedisServer,
     ServiceFactory,
     make_account,
+    make_platform,
     make_wecom_account,
     readyz,
     sign,
@@ -154,23 +158,52 @@ def test_the_robot_markdown_has_a_title_and_stays_within_the_robots_size() -> No
     assert "500 notifications" in summary.splitlines()[0] and "more" in summary and "app-0 " in summary
 
 
-def test_changes_within_a_minute_share_a_fleet_marker() -> None:
-    """Two processes seeing one change less than a minute apart share a marker wherever the minute turns; later ones
-    do not, and a daily quota is marked once a China day."""
-    base = 1_800_000_000.0 - 1_800_000_000.0 % FLEET_WINDOW
+def test_a_quota_is_marked_once_a_day_or_an_hour() -> None:
+    """A daily quota's marker is its China day's; two processes less than an hour apart share an hourly marker
+    wherever the hour turns, and later ones do not."""
+    base = 1_800_000_000.0 - 1_800_000_000.0 % 3600
 
-    def keys(at: float, **fields: Any) -> set[str]:
-        notice = Notice(event="failed", app="main", app_id=APP_ID, at=at, failure="configuration", **fields)
-        return {key for key, _ in fleet_markers(notice)}
+    def keys(at: float) -> set[str]:
+        notice = Notice(event="quota", app="crm", app_id=WECOM_KEY, at=at, api="get_jsapi_ticket", window="hour",
+                        used=80, limit=100)  # fmt: skip
+        return {key for key, _ in quota_markers(notice)}
 
-    for first, second in ((0.0, 59.9), (59.9, 60.1), (30.0, 89.0), (0.0, 0.0)):
+    for first, second in ((0.0, 3599.9), (3599.9, 3600.1), (1800.0, 5300.0), (0.0, 0.0)):
         assert keys(base + first) & keys(base + second), (first, second)
-    assert not keys(base) & keys(base + 2 * FLEET_WINDOW)
-    for key, lease in fleet_markers(Notice(event="failed", app="main", app_id=APP_ID, at=base + 10.0)):
-        assert 0 < lease <= 2 * FLEET_WINDOW + 1 and key.startswith(f"notify:{APP_ID}:failed:")
+    assert not keys(base) & keys(base + 7200)
     day = Notice(event="quota", app="main", app_id=APP_ID, at=base, api="token", window="day", used=1600, limit=2000)
-    ((key, lease),) = fleet_markers(day)
+    ((key, lease),) = quota_markers(day)
     assert key.endswith(f":day:{china_day(base)}") and 0 < lease <= DAY + 60
+
+
+async def test_a_fleet_tells_each_change_once_however_far_apart_or_close(
+    redis_server: RedisServer, sandbox: WeChatSandbox, sandbox_url: str
+) -> None:
+    """Two notifiers on one Redis (two processes): a failure both see minutes apart is one message, its recovery
+    one, and a failure again right after it one more (the chat's last word is the truth); a recovery nobody was
+    told the failure of is not told."""
+    clock = [1_800_000_000.0]
+    caches = [RedisCache(redis_server.url), RedisCache(redis_server.url)]
+    pair = [Notifier(webhooks(sandbox_url, sandbox)[:1], host=f"host-{n}", clock=lambda: clock[0]) for n in (1, 2)]
+    for notifier, cache in zip(pair, caches, strict=True):
+        await notifier.start(cache)
+    try:
+        other = make_account(name="other", app_id=OTHER_APP_ID, secret=Secret(OTHER_SECRET))
+        pair[0].watch_state(other, "recovered", None)
+        changes: list[tuple[AccountEvent, UpstreamRejected | None]] = [
+            ("failed", rejected()), ("recovered", None), ("failed", rejected())]  # fmt: skip
+        for event, error in changes:
+            for notifier in pair:
+                notifier.watch_state(make_account(), event, error)
+                await asyncio.sleep(0.1)
+                clock[0] += 300  # the second process sees it five minutes later
+        await until(lambda: len(events(sandbox, "json")) == 3)
+        await asyncio.sleep(0.3)
+        assert [b["event"] for b in events(sandbox, "json")] == ["failed", "recovered", "failed"]
+    finally:
+        for notifier, cache in zip(pair, caches, strict=True):
+            await notifier.stop()
+            await cache.close()
 
 
 # -- configuration -----------------------------------------------------------------------------
@@ -422,6 +455,34 @@ async def test_a_rejected_configuration_is_told_once_per_account_then_its_recove
     assert sorted(b["app"] for b in events(sandbox, "json", "recovered")) == ["main", "other"]
     assert len(events(sandbox, "json")) == len(events(sandbox, "robot")) == 4
     assert_no_secret(sandbox, all_logs.text)
+
+
+async def test_a_platforms_failure_is_told_once_for_all_its_authorizers(
+    notifiers: NotifierFactory, sandbox: WeChatSandbox
+) -> None:
+    """Authorizers failing for their platform's component token are not told one by one: the platform's
+    failure is one message naming the platform, and its recovery one more; an authorizer failing on its
+    own afterwards is told as itself."""
+    notifier = await notifiers()
+    platform = make_platform()
+    refused = UpstreamRejected(61004, "access clientip is not registered", app_id=COMPONENT_APPID,
+                               api="api_component_token", fix="add this host's IP to the platform's whitelist")  # fmt: skip
+    authorizers = [platform.authorizer(f"wxa00000000000b{n:03d}") for n in range(50)]
+    for authorizer in authorizers:
+        notifier.watch_state(authorizer, "failed", PlatformUnavailable(
+            f"platform {COMPONENT_APPID}: {refused}", app_id=authorizer.key, errcode=61004, fix=refused.fix))  # fmt: skip
+    notifier.watch_platform(platform, "failed", refused)
+    for authorizer in authorizers:
+        notifier.watch_state(authorizer, "recovered", None)
+    notifier.watch_platform(platform, "recovered", None)
+    notifier.watch_state(authorizers[0], "failed", rejected(authorizers[0].key))
+    await until(lambda: len(events(sandbox, "json")) == 3)
+    await asyncio.sleep(0.3)
+    bodies = events(sandbox, "json")
+    assert [(b["event"], b["appId"]) for b in bodies] == [
+        ("failed", COMPONENT_APPID), ("recovered", COMPONENT_APPID), ("failed", authorizers[0].key)]  # fmt: skip
+    assert (bodies[0]["class"], bodies[0]["errcode"], bodies[0]["app"]) == ("configuration", 61004, platform.name)
+    assert COMPONENT_SECRET not in orjson.dumps(bodies).decode()
 
 
 async def test_a_wecom_app_past_80_percent_of_its_hourly_tickets_is_told_once(

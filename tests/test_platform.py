@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from jssdk_service import sandbox_platform as sandbox_platform_module
 from jssdk_service.config import Secret
 from jssdk_service.keys import CACHE
 from jssdk_service.msgcrypt import MessageCrypt
@@ -28,12 +29,14 @@ from .helpers import (
     ServiceFactory,
     assert_signed_live,
     events_url,
+    logged,
     make_platform,
     sandbox_platform,
     short_lifetimes,
     sign,
     verifies,
 )
+from .test_notify import events, until, webhooks
 
 ADMIN = "platform-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
@@ -59,6 +62,16 @@ async def platform_page(http: aiohttp.ClientSession, base: str, **params: str) -
         assert r.status == 200, await r.text()
         answer: dict[str, Any] = await r.json()
         return answer
+
+
+async def push(http: aiohttp.ClientSession, base: str, fields: dict[str, str], *, nonce: str) -> tuple[int, str]:
+    """`fields` pushed as WeChat pushes them (encrypted, signed, timestamped now): the status and the body."""
+    crypt = MessageCrypt(token=MESSAGE_TOKEN, aes_key=AES_KEY, receive_id=COMPONENT_APPID)
+    timestamp = str(int(time.time()))
+    body, signature = crypt.seal_push(fields, timestamp=timestamp, nonce=nonce)
+    params = {"timestamp": timestamp, "nonce": nonce, "msg_signature": signature, "encrypt_type": "aes"}
+    async with http.post(events_url(base), params=params, data=body) as r:
+        return r.status, await r.text()
 
 
 async def test_a_pushed_ticket_is_kept_and_answered_success(
@@ -110,6 +123,28 @@ async def test_an_unauthorized_push_removes_the_authorizer(
     assert status == 404 and body["error"]["code"] == "unknown_app"
     page = await platform_page(http, platform_service.url)
     assert page["total"] == 0 and page["authorizers"] == []
+
+
+async def test_a_spent_authorization_code_is_answered_success_and_adds_nobody(
+    sandbox: WeChatSandbox, platform_service: RunningService, http: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """A code WeChat calls invalid (61009) or expired (61010) would fail again: the push is answered `success`
+    (WeChat does not push it again and again), nobody is added, and the log says to authorize again."""
+    await sandbox.push_verify_ticket(COMPONENT_APPID)
+    unknown = {"AppId": COMPONENT_APPID, "InfoType": "authorized", "AuthorizerAppid": AUTHORIZER,
+               "AuthorizationCode": "queryauthcode@@@never-issued"}  # fmt: skip
+    assert (await push(http, platform_service.url, unknown, nonce="61009")) == (200, "success")
+    monkeypatch.setattr(sandbox_platform_module, "AUTHORIZATION_CODE_LIFE", -1.0)  # pushed already expired
+    pushed = await sandbox.authorize(COMPONENT_APPID, AUTHORIZER)
+    assert (pushed.status, pushed.body) == (200, "success")
+    assert sandbox.count("api_query_auth") == 2
+    page = await platform_page(http, platform_service.url)
+    assert page["total"] == 0 and page["authorizers"] == []
+    assert logged(caplog, "not valid (or was used): authorize again") == 1
+    assert logged(caplog, "expired: authorize again") == 1
+    status, body = await sign(http, platform_service.url, app=AUTHORIZER)
+    assert status == 404 and body["error"]["code"] == "unknown_app"
 
 
 async def test_bad_pushes_are_refused_and_nothing_is_stored(
@@ -233,13 +268,8 @@ async def test_component_token_errcodes_say_what_to_do(
     if fault == "expired":  # tickets live 10 ms here, 12 hours upstream
         sandbox.verify_ticket_valid_for = 0.01
     if fault == "forged":
-        crypt = MessageCrypt(token=MESSAGE_TOKEN, aes_key=AES_KEY, receive_id=COMPONENT_APPID)
         fields = {"AppId": COMPONENT_APPID, "InfoType": "component_verify_ticket", "ComponentVerifyTicket": "forged"}
-        timestamp = str(int(time.time()))
-        body, signature = crypt.seal_push(fields, timestamp=timestamp, nonce="77")
-        params = {"timestamp": timestamp, "nonce": "77", "msg_signature": signature, "encrypt_type": "aes"}
-        async with http.post(events_url(platform_service.url), params=params, data=body) as r:
-            assert r.status == 200
+        assert (await push(http, platform_service.url, fields, nonce="77")) == (200, "success")
     else:
         await sandbox.push_verify_ticket(COMPONENT_APPID)
         await asyncio.sleep(0.05)
@@ -256,6 +286,29 @@ async def test_component_token_errcodes_say_what_to_do(
             assert r.status == 503
     assert sandbox.count("api_component_token") == calls
     assert sandbox.count("api_authorizer_token") == 0
+
+
+async def test_a_refused_component_token_is_one_notification_for_the_platform(
+    sandbox: WeChatSandbox, sandbox_url: str, start_service: ServiceFactory, http: aiohttp.ClientSession
+) -> None:
+    """WeChat refusing the component token (61004) while authorizers are added is one `failed` message, for the
+    platform, however many authorizers wait on it."""
+    sandbox.platforms[COMPONENT_APPID].ip_whitelist = frozenset({"10.1.2.3"})
+    service = await start_service(platforms=(make_platform(),), admin_token=Secret(ADMIN),
+                                  webhooks=webhooks(sandbox_url, sandbox))  # fmt: skip
+    sandbox.platforms[COMPONENT_APPID].callback_url = events_url(service.url)
+    await sandbox.push_verify_ticket(COMPONENT_APPID)
+    base = f"{service.url}/admin/platforms/{COMPONENT_APPID}/authorizers"
+    for n in range(3):
+        appid = f"wxa00000000000c{n:03d}"
+        body = {"appid": appid, "refresh_token": sandbox.grant(COMPONENT_APPID, appid)}
+        async with http.post(base, json=body, headers=AUTH) as r:
+            assert r.status == 503, await r.text()
+    await until(lambda: len(events(sandbox, "json")) >= 1)
+    await asyncio.sleep(0.5)
+    (told,) = events(sandbox, "json")
+    assert (told["event"], told["appId"], told["errcode"]) == ("failed", COMPONENT_APPID, 61004)
+    assert len(events(sandbox, "robot")) == 1
 
 
 async def test_a_refresh_token_made_invalid_says_to_authorize_again(

@@ -6,7 +6,7 @@ import calendar
 import json
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import httpx
@@ -14,6 +14,7 @@ import pytest
 
 from jssdk_service.config import Secret, TokenURL
 from jssdk_service.errors import UpstreamRejected, UpstreamUnavailable
+from jssdk_service.keys import CACHE
 from jssdk_service.quotas import china_month
 from jssdk_service.sandbox import SandboxServer, WeChatSandbox
 from jssdk_service.sandbox_central import CentralTokenServer
@@ -133,6 +134,21 @@ async def test_live_quota_counts_every_caller_beside_our_own_count(
     assert entry["upstreamCallsToday"] == {"token": 0, "stable_token": 1, "getticket": 1}
     assert sandbox.count("quota_get") == 2, "/admin/apps reads the kept answer, never WeChat"
     assert_nothing_secret(sandbox, str(body), str(entry), all_logs.text)
+
+
+@pytest.mark.parametrize("record", [
+    {"apis": {"token": {"used": 1}}, "asked_at": 1.0}, {"apis": {"token": {"daily_limit": 1, "used": 1, "remain": 0}}},
+    {"apis": {"token": {"daily_limit": "x", "used": 1, "remain": 0}}, "asked_at": 1.0},
+    {"apis": ["token"], "asked_at": 1.0}, {"apis": {"token": {"daily_limit": 1, "used": 1, "remain": 0}},
+                                          "asked_at": "yesterday"},
+])  # fmt: skip
+async def test_a_kept_answer_this_version_cannot_read_is_not_shown(
+    service: RunningService, http: aiohttp.ClientSession, record: dict[str, Any]
+) -> None:
+    """The fleet shares the kept quota/get answer: one another version wrote (or a broken one) is shown as not
+    asked (null), never a 500."""
+    await service.app[CACHE].set(f"{APP_ID}:wechat-quota", record, 600)
+    assert (await apps(http, service.url))["main"]["wechatQuota"] is None
 
 
 async def test_a_classic_account_asks_about_the_classic_token_api(
@@ -328,6 +344,22 @@ async def test_the_reset_sends_the_secret_in_the_body_once_and_scrubs_it() -> No
     assert len(seen) == 2
     assert all(SECRET not in str(request.url) for request in seen)
     assert json.loads(seen[0].content) == {"appid": APP_ID, "appsecret": SECRET}
+
+
+@pytest.mark.parametrize("reads", ["body", "query", "either"])
+async def test_the_reset_works_wherever_wechat_reads_the_secret(
+    sandbox: WeChatSandbox, sandbox_url: str, reads: Literal["body", "query", "either"]
+) -> None:
+    """WeChat's docs disagree on where clear_quota/v2 takes appid and appsecret: the body is tried first, and on
+    41004 (missing, no reset spent) the query; either way one reset of the month is spent."""
+    sandbox.clear_quota_reads = reads
+    client = WeChatClient([sandbox_url], policy=FAST_RETRY)
+    try:
+        await client.clear_quota(app_id=APP_ID, secret=SECRET)
+    finally:
+        await client.aclose()
+    assert sandbox.count("clear_quota") == (2 if reads == "query" else 1)
+    assert sandbox.count("clear_quota", ok_only=True) == 1
 
 
 async def test_the_sandbox_takes_the_reset_in_the_query_or_the_body(sandbox: WeChatSandbox, sandbox_url: str) -> None:

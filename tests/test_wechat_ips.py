@@ -18,8 +18,12 @@ from jssdk_service.wechat import WeChatClient
 
 from .helpers import (
     ACCOUNT_ENV,
+    AES_KEY,
     APP_ID,
+    COMPONENT_APPID,
+    COMPONENT_SECRET,
     FAST_RETRY,
+    MESSAGE_TOKEN,
     SECRET,
     RedisServer,
     ServiceFactory,
@@ -120,6 +124,17 @@ async def test_an_unknown_app_is_a_config_error(ips_sandbox: WeChatSandbox, env:
     assert (result.code, result.out) == (2, "")
     assert result.err.strip().count("\n") == 0 and "--app" in result.err and "wxnobody" in result.err
     assert ips_sandbox.count("stable_token") == 0
+
+
+async def test_a_platform_alone_is_told_to_configure_an_account(tmp_path: Path) -> None:
+    """A config with a platform and no account exits 2, saying the lists need one configured account."""
+    config = tmp_path / "platform.toml"
+    config.write_text(f'[[platforms]]\ncomponent_appid = "{COMPONENT_APPID}"\nsecret_env = "P_SECRET"\n'
+                      f'token_env = "P_TOKEN"\naes_key_env = "P_KEY"\nweb_domains = ["example.com"]\n')  # fmt: skip
+    env = {"P_SECRET": COMPONENT_SECRET, "P_TOKEN": MESSAGE_TOKEN, "P_KEY": AES_KEY}
+    result = await wechat_ips("--callback", "--config", str(config), env=env)
+    assert (result.code, result.out) == (2, "")
+    assert "[[accounts]]" in result.err and result.err.strip().count("\n") == 0
 
 
 # -- --output ----------------------------------------------------------------------------------
