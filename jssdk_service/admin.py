@@ -32,12 +32,14 @@ service made are counted per China month in the shared cache. WeCom has neither 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
 import math
 import re
-from collections.abc import Awaitable, Callable
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
@@ -60,16 +62,20 @@ from jssdk_service.errors import (
     UpstreamRejected,
     UpstreamUnavailable,
 )
-from jssdk_service.keys import ADMIN_DIGEST, CACHE, CLOCK, PLATFORMS, STORE, WECHAT, find_account
+from jssdk_service.keys import ADMIN_DIGEST, CACHE, CLOCK, PLATFORMS, QUOTA_WATCHERS, STORE, WECHAT, find_account
+from jssdk_service.metrics import quota_reset, quota_used
 from jssdk_service.quotas import (
     DAY,
     FORCED_REFRESH_SPACING,
     FORCED_REFRESHES_PER_DAY,
+    QUOTA_WARNING,
     WECOM_APP_TICKETS_PER_HOUR,
     WECOM_CORP_TICKETS_PER_HOUR,
     ForcedRefreshes,
+    QuotaWatcher,
     UpstreamUsage,
     china_month,
+    next_china_midnight,
 )
 from jssdk_service.shapes import (
     AdminApp,
@@ -240,7 +246,9 @@ async def quota(request: web.Request) -> web.Response:
     (and kept for `/admin/apps`), next to the calls the service counted today."""
     config = request.config_dict
     account = _account(find_account(config, request.match_info["app"]), request.match_info["app"])
-    answer = await wechat_quota_now(config[WECHAT], config[STORE][account.key], config[CACHE], config[CLOCK]())
+    watchers: tuple[QuotaWatcher, ...] = config[QUOTA_WATCHERS]
+    answer = await wechat_quota_now(config[WECHAT], config[STORE][account.key], config[CACHE], config[CLOCK](),
+                                    watchers=watchers)  # fmt: skip
     return json_response(answer)
 
 
@@ -260,13 +268,24 @@ def quota_paths(account: Account) -> dict[str, str]:
 
 
 async def wechat_quota_now(
-    client: WeChatClient, creds: AccountCredentials, cache: SharedCache, now: float
-) -> AdminQuota:
+    client: WeChatClient, creds: AccountCredentials, cache: SharedCache, now: float,
+    watchers: Sequence[QuotaWatcher] = (),
+) -> AdminQuota:  # fmt: skip
     """WeChat's quota of each of the account's APIs, asked with the token the service uses (kept in the shared
-    cache for `/admin/apps`), next to the fleet's own count of them today."""
+    cache for `/admin/apps`), next to the fleet's own count of them today.
+
+    WeChat's figures count every caller of the account, so they also feed `jssdk_quota_used_ratio` and, past
+    80%, the `watchers` (notifications), as the fleet's own count does."""
     account = creds.account
     paths = quota_paths(account)
     quotas = await _quotas(client, creds, paths)
+    midnight = next_china_midnight(now)
+    for api, q in quotas.items():
+        if q.daily_limit > 0:
+            quota_used(account.name, api, "day", q.used / q.daily_limit, until=midnight)
+        if q.daily_limit > 0 and q.used >= QUOTA_WARNING * q.daily_limit:
+            for watcher in watchers:
+                watcher(account.key, api, "day", q.used, q.daily_limit)
     record = {"asked_at": now, "apis": {api: {"daily_limit": q.daily_limit, "used": q.used, "remain": q.remain}
                                         for api, q in quotas.items()}}  # fmt: skip
     await cache.set(_quota_key(account.key), record, QUOTA_KEPT)
@@ -325,19 +344,25 @@ async def clear_quota(request: web.Request) -> web.Response:
         raise InvalidRequest(f"{exc.message}; {how}") from None
     if asked.confirm != named:  # well formed, yet naming something else: the body contradicts the path
         raise Conflict(f"confirm does not name the account as the path does; {how}")
-    wechat = config[WECHAT]
-    if account.platform is not None:
-        platform = config[PLATFORMS].named(account.platform).platform
-        await wechat.clear_authorizer_quota(component_appid=platform.component_appid,
-                                            secret=platform.secret.reveal(), app_id=account.key)  # fmt: skip
-    else:
-        await wechat.clear_quota(app_id=account.key, secret=account.reveal_secret())
-    now = config[CLOCK]()
     cache = config[CACHE]
+    async with _one_reset(cache, account.key):
+        wechat = config[WECHAT]
+        if account.platform is not None:
+            platform = config[PLATFORMS].named(account.platform).platform
+            await wechat.clear_authorizer_quota(component_appid=platform.component_appid,
+                                                secret=platform.secret.reveal(), app_id=account.key)  # fmt: skip
+        else:
+            await wechat.clear_quota(app_id=account.key, secret=account.reveal_secret())
+    now = config[CLOCK]()
     # Only resets WeChat took are counted; a month is at most 31 days, so the counter outlives its own.
     resets = await cache.increment(f"{account.key}:quota-resets:{china_month(now)}", 1, 32 * DAY)
-    # WeChat's figures from before the reset are wrong now: /admin/apps shows none until they are asked again.
+    # WeChat's figures from before the reset are wrong now: /admin/apps shows none until they are asked again,
+    # and the ratios exported go (the fleet's own count, which the reset does not change, sets them again).
     await cache.set(_quota_key(account.key), {"cleared_at": now}, QUOTA_KEPT)
+    quota_reset(account.name)
+    creds = config[STORE].get(account.key)
+    if creds is not None:
+        creds.quota_reset()  # refreshes held back until midnight for a spent quota may run now (this process)
     made = "an unknown number (the shared cache does not answer)" if resets is None else str(resets)
     log.warning("admin: app=%s WeChat's daily quotas reset (%s); resets made by this service this month: %s of %d",
                 account.name, "component/clear_quota/v2" if account.platform else "clear_quota/v2", made,
@@ -346,6 +371,34 @@ async def clear_quota(request: web.Request) -> web.Response:
     answer = QuotaCleared(app=account.name, app_id=account.key, cleared=True, resets_this_month=resets,
                           resets_left_this_month=left)  # fmt: skip
     return json_response(answer)
+
+
+# The accounts whose quota reset is under way in this process (the fleet's lock covers the others).
+_RESETTING: set[str] = set()
+RESET_LEASE = 60.0  # how long a reset whose outcome is unknown keeps others out
+
+
+@contextlib.asynccontextmanager
+async def _one_reset(cache: SharedCache, key: str) -> AsyncIterator[None]:
+    """One reset of the account's quota at a time in the fleet (two at once would spend two of the month's
+    10): a 409 while another is under way, or for a minute after one whose outcome is unknown."""
+    owner = secrets.token_hex(8)
+    lock = f"{key}:quota-reset-lock"
+    if key in _RESETTING or not await cache.acquire(lock, owner, RESET_LEASE):
+        raise Conflict("a reset of this account's quota is under way (or its outcome is unknown): look at the "
+                       "quota (GET …/quota) in a minute before asking again")  # fmt: skip
+    _RESETTING.add(key)
+    try:
+        yield
+    except UpstreamUnavailable:
+        raise  # whether WeChat took it is unknown: the lock keeps others out until its lease ends
+    except BaseException:
+        await cache.release(lock, owner)
+        raise
+    else:
+        await cache.release(lock, owner)
+    finally:
+        _RESETTING.discard(key)
 
 
 def _quota_key(key: str) -> str:

@@ -30,6 +30,7 @@ from jssdk_service.keys import (
     NONCES,
     PLATFORMS,
     PUSH_GUARD,
+    QUOTA_WATCHERS,
     REPORTS,
     SETTINGS,
     SIGNERS,
@@ -81,6 +82,7 @@ def create_app(
     quota_watchers: tuple[QuotaWatcher, ...] = () if notifier is None else (notifier.watch_quota,)
     platform_watchers: tuple[PlatformWatcher, ...] = () if notifier is None else (notifier.watch_platform,)
     usage.watchers.extend(quota_watchers)
+    app[QUOTA_WATCHERS] = quota_watchers
 
     async def wechat_client(app: web.Application) -> AsyncIterator[None]:
         observers: list[CallObserver] = app[CALL_OBSERVERS]

@@ -52,7 +52,7 @@ from jssdk_service.errors import (
     UpstreamUnavailable,
     failure_class,
 )
-from jssdk_service.metrics import count_refresh_failure
+from jssdk_service.metrics import count_refresh_failure, refresh_recovered
 from jssdk_service.msgcrypt import MessageCrypt
 from jssdk_service.scheduler import Turn
 from jssdk_service.tokens import AccessToken
@@ -200,6 +200,7 @@ class ComponentCredentials:
         return token
 
     def _recovered(self) -> None:
+        refresh_recovered(self.platform.name)
         if self._error is not None:
             log.info("platform=%s component_access_token recovered", self.platform.component_appid)
         if self._told is not None:

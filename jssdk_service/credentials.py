@@ -52,7 +52,7 @@ from jssdk_service.errors import (
     UpstreamUnavailable,
     failure_class,
 )
-from jssdk_service.metrics import count_refresh_failure
+from jssdk_service.metrics import count_refresh_failure, refresh_recovered
 from jssdk_service.quotas import (
     BUCKET,
     COUNTED_APIS,
@@ -209,6 +209,8 @@ class AccountCredentials:
         self._turn: Turn | None = None
         self._news: set[str] = set()
         self._adopting: asyncio.Task[None] | None = None
+        # The background refresher's pause, while it pauses: `wake` ends it early.
+        self._pause: asyncio.Future[None] | None = None
         self._last_refresh: float | None = None
         self._error: UpstreamError | None = None
         self._blocked_until = 0.0
@@ -295,6 +297,7 @@ class AccountCredentials:
     def _landed(self, flight: asyncio.Task[JsapiTicket]) -> None:
         if self._flight is flight:
             self._flight = self._turn = None
+        self.wake()  # a refresh the background refresher did not start moved its schedule
         if not flight.cancelled():
             flight.exception()  # the error is kept in self._error; this only marks it retrieved
 
@@ -332,6 +335,7 @@ class AccountCredentials:
         self._last_refresh = self._clock()
 
     def _recovered(self, how: str) -> None:
+        refresh_recovered(self.account.name)
         if self._error is not None:
             log.info("app=%s credentials recovered%s", self.account.name, how)
             for watcher in self._rules.watchers:
@@ -716,12 +720,31 @@ class AccountCredentials:
 
     async def keep_fresh(self) -> None:
         """The background refresher: runs until cancelled, refreshing ahead of expiry."""
+        loop = asyncio.get_running_loop()
         while True:
             ticket = self._ticket
             if ticket is None or not ticket.fresh(self._clock()):
                 with contextlib.suppress(UpstreamError):  # recorded and logged once by _record_failure
                     await self.refresh()
-            await asyncio.sleep(self.next_refresh_delay())
+            # asyncio.sleep's own way (a future and a timer), with the future kept for `wake`.
+            self._pause = pause = loop.create_future()
+            timer = loop.call_later(self.next_refresh_delay(), _end_pause, pause)
+            try:
+                await pause
+            finally:
+                timer.cancel()
+                self._pause = None
+
+    def wake(self) -> None:
+        """Have the background refresher look again now (its schedule changed: a refresh landed elsewhere,
+        a quota was reset)."""
+        _end_pause(self._pause)
+
+    def quota_reset(self) -> None:
+        """WeChat's daily quotas of the account were reset: a refresh held back for a spent quota may run now."""
+        if self._error is not None and failure_class(self._error) == "quota":
+            self._blocked_until = 0.0
+            self.wake()
 
     def ready(self, now: float) -> bool:
         """True while the ticket in memory may sign."""
@@ -779,6 +802,11 @@ class Readiness:
     ready: int
     total: int
     unready: tuple[AccountCredentials, ...]
+
+
+def _end_pause(pause: asyncio.Future[None] | None) -> None:
+    if pause is not None and not pause.done():
+        pause.set_result(None)
 
 
 class CredentialStore:

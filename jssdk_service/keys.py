@@ -15,6 +15,7 @@ from jssdk_service.cache import SharedCache
 from jssdk_service.component import Platforms, PushGuard
 from jssdk_service.config import Account, Settings
 from jssdk_service.credentials import CredentialStore
+from jssdk_service.quotas import QuotaWatcher
 from jssdk_service.reports import PageReports
 from jssdk_service.signing import NonceSource
 from jssdk_service.wechat import CallObserver, WeChatClient
@@ -40,6 +41,8 @@ NONCES = web.AppKey("nonces", NonceSource)
 SIGNERS: web.AppKey[dict[str, tuple[Account, ...]]] = web.AppKey("signers")
 # Called once per HTTP call to WeChat; fill before start-up (metrics, daily usage counting).
 CALL_OBSERVERS: web.AppKey[list[CallObserver]] = web.AppKey("call_observers")
+# Told when the fleet passes 80% of a quota (notifications): also of WeChat's own figures, once asked.
+QUOTA_WATCHERS: web.AppKey[tuple[QuotaWatcher, ...]] = web.AppKey("quota_watchers")
 WECHAT = web.AppKey("wechat", WeChatClient)
 CACHE: web.AppKey[SharedCache] = web.AppKey("cache")
 STORE = web.AppKey("store", CredentialStore)

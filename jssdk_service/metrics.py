@@ -17,8 +17,11 @@
                                                      external token source fails), "upstream" (WeChat
                                                      fails); an authorizer failing for its platform's token
                                                      is not counted (the platform's failure is, once)
+    jssdk_refresh_failing{app,class}                 while the account's last refresh failed: the processes
+                                                     that saw it fail (no series while it works)
     jssdk_quota_used_ratio{app,api,window}           the fleet's calls against a published quota, from 50%:
-                                                     window "day" (WeChat's daily quotas) or "hour" (WeCom's)
+                                                     window "day" (WeChat's daily quotas) or "hour" (WeCom's),
+                                                     until the window is over
     jssdk_cache_up                                   1 while the shared cache answers, 0 while degraded
 
 `app` is the account's name (its appId unless configured); `route` is the registered path, never
@@ -85,21 +88,43 @@ REPORTS = Counter("jssdk_reports_total", "wx.config failures reported by pages t
 # Failed refreshes by (app, class), and the quotas half spent or more by (app, api, window): both few
 # (a failure is counted once per refresh, never per request), kept as plain numbers like the calls.
 _FAILURES: dict[tuple[str, str], int] = {}
-_QUOTAS: dict[tuple[str, str, str], float] = {}
+# The quotas' use by (app, api, window): the ratio, and until when it holds (the end of its China day, or
+# an hour for WeCom's sliding hour): an account that makes no more calls does not keep yesterday's figure.
+_QUOTAS: dict[tuple[str, str, str], tuple[float, float]] = {}
+# The accounts whose last refresh failed, and the failure's class: few (they are in trouble).
+_FAILING: dict[str, str] = {}
 QUOTA_SHOWN = 0.5
 """A quota's use is a series from half of it on: the ones worth a look, and few."""
 
 
 def count_refresh_failure(app: str, failure_class: str) -> None:
-    """One failed refresh of `app` (its name), of `failure_class` (`errors.failure_class`)."""
+    """One failed refresh of `app` (its name), of `failure_class` (`errors.failure_class`): counted, and `app`
+    failing (`jssdk_refresh_failing`) until `refresh_recovered`."""
     key = (app, failure_class)
     _FAILURES[key] = _FAILURES.get(key, 0) + 1
+    _FAILING[app] = failure_class
 
 
-def quota_used(app: str, api: str, window: str, ratio: float) -> None:
-    """The fleet's use of a published quota of `app`'s `api` in `window` ("day" or "hour"), as a share of it."""
-    if ratio >= QUOTA_SHOWN or (app, api, window) in _QUOTAS:
-        _QUOTAS[(app, api, window)] = round(ratio, 4)
+def refresh_recovered(app: str) -> None:
+    """`app`'s refreshes succeed again."""
+    _FAILING.pop(app, None)
+
+
+def quota_used(app: str, api: str, window: str, ratio: float, *, until: float) -> None:
+    """The fleet's use of a published quota of `app`'s `api` in `window` ("day" or "hour"), as a share of it,
+    which holds until `until` (epoch seconds) unless told again."""
+    labels = (app, api, window)
+    kept = _QUOTAS.get(labels)
+    if kept is not None and kept[1] == until:  # the same day told again (our count, WeChat's): the larger
+        ratio = max(ratio, kept[0])
+    if ratio >= QUOTA_SHOWN or kept is not None:
+        _QUOTAS[labels] = (round(ratio, 4), until)
+
+
+def quota_reset(app: str) -> None:
+    """`app`'s daily quotas were reset: the ratios told so far no longer hold."""
+    for labels in [labels for labels in _QUOTAS if labels[0] == app and labels[2] == "day"]:
+        del _QUOTAS[labels]
 
 
 # Calls to WeChat by (app, api, outcome), counted in place like the route stats; prometheus_client
@@ -150,7 +175,8 @@ def _this_process() -> dict[str, Any]:
         "routes": {route: stats.to_record() for route, stats in _ROUTES.items()},
         "upstream": [[*labels, count] for labels, count in _UPSTREAM.items()],
         "failures": [[*labels, count] for labels, count in _FAILURES.items()],
-        "quotas": [[*labels, ratio] for labels, ratio in _QUOTAS.items()],
+        "quotas": [[*labels, ratio, until] for labels, (ratio, until) in _QUOTAS.items()],
+        "failing": list(_FAILING.items()),
     }
 
 
@@ -166,14 +192,19 @@ class _Counted:
     calls: Calls
     failures: dict[tuple[str, str], int]
     quotas: dict[tuple[str, str, str], float]
+    failing: dict[tuple[str, str], int]
+    """(app, class) of the accounts whose last refresh failed, in how many processes."""
 
 
-async def _counts(directory: str | None) -> _Counted:
-    """Every process's counts: this one's, or with workers, every worker's."""
+async def _counts(directory: str | None, now: float) -> _Counted:
+    """Every process's counts: this one's, or with workers, every worker's; quotas past their window left out."""
+    for labels in [labels for labels, (_, until) in _QUOTAS.items() if until <= now]:
+        del _QUOTAS[labels]
     if directory is None:
         routes = [{route: stats.to_record() for route, stats in _ROUTES.items()}]
-        return _Counted(routes, dict(_UPSTREAM), dict(_FAILURES), dict(_QUOTAS))
-    counted = _Counted([], {}, {}, {})
+        quotas = {labels: ratio for labels, (ratio, _) in _QUOTAS.items()}
+        return _Counted(routes, dict(_UPSTREAM), dict(_FAILURES), quotas, {item: 1 for item in _FAILING.items()})
+    counted = _Counted([], {}, {}, {}, {})
     for published in _published(directory):
         record = orjson.loads(published)
         counted.routes.append(record["routes"])
@@ -181,8 +212,11 @@ async def _counts(directory: str | None) -> _Counted:
             counted.calls[(app, api, outcome)] = counted.calls.get((app, api, outcome), 0) + count
         for app, failure_class, count in record.get("failures", ()):
             counted.failures[(app, failure_class)] = counted.failures.get((app, failure_class), 0) + count
-        for app, api, window, ratio in record.get("quotas", ()):
-            counted.quotas[(app, api, window)] = max(ratio, counted.quotas.get((app, api, window), 0.0))
+        for app, api, window, ratio, until in record.get("quotas", ()):
+            if until > now:
+                counted.quotas[(app, api, window)] = max(ratio, counted.quotas.get((app, api, window), 0.0))
+        for app, failure_class in record.get("failing", ()):
+            counted.failing[(app, failure_class)] = counted.failing.get((app, failure_class), 0) + 1
         await asyncio.sleep(0)  # a worker's file holds a line per account and API: one at a time
     return counted
 
@@ -332,10 +366,16 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily("jssdk_cache_up", "1 while the shared cache answers, 0 while it is degraded",
                                 value=1.0 if self._cache_up else 0.0)  # fmt: skip
         failures = CounterMetricFamily("jssdk_refresh_failures_total", "Failed refreshes by class: configuration, "
-                                       "quota, source, platform, upstream", labels=["app", "class"])  # fmt: skip
+                                       "quota, source, upstream", labels=["app", "class"])  # fmt: skip
         for (app, failure_class), count in self._counted.failures.items():
             failures.add_metric([app, failure_class], count)
         yield failures
+        failing = GaugeMetricFamily("jssdk_refresh_failing", "Processes whose last refresh of the account "
+                                    "failed, by the failure's class (no series while it works)",
+                                    labels=["app", "class"])  # fmt: skip
+        for (app, failure_class), count in self._counted.failing.items():
+            failing.add_metric([app, failure_class], count)
+        yield failing
         quotas = GaugeMetricFamily("jssdk_quota_used_ratio", "The fleet's calls as a share of a published quota "
                                    "(from half of it on)", labels=["app", "api", "window"])  # fmt: skip
         for (app, api, window), ratio in self._counted.quotas.items():
@@ -372,7 +412,7 @@ async def exposition(
     in between, so that a scrape holds a signature up by a few milliseconds at most. (A worker thread
     would do worse: the event loop would wait for the interpreter lock at every system call.)
     """
-    counted = await _counts(MULTIPROCESS_DIR)
+    counted = await _counts(MULTIPROCESS_DIR, now)
     registry = REGISTRY
     if MULTIPROCESS_DIR is not None:
         registry = CollectorRegistry()

@@ -5,7 +5,8 @@ class changes, as when WeChat starts refusing the configuration), work again (`r
 quota passes 80% (`quota`); a platform's component token likewise (its authorizers, which fail
 with it, are not told one by one). The credential store and the quota counters call `watch_state` and
 `watch_quota` in the event loop, and never wait: a notice goes on a bounded queue (dropped, with one
-log line, when the queue is full) and one background task sends.
+log line, when the queue is full); one background task decides which notices this process sends
+for the fleet, and a task per webhook sends them (a webhook that does not answer holds up no other).
 
 Once per change, and once for the fleet:
 - in this process a notice that repeats the account's last state is dropped (a quota is told once a
@@ -19,9 +20,10 @@ Once per change, and once for the fleet:
   While the shared cache is away a change is sent (twice rather than never).
 
 Per webhook at most `per_minute` messages a minute (a robot takes 20): the notices beyond are folded
-into one summary, sent when the minute has room again. A message is tried 3 times (again after
-0.5 s, then 2 s) when the connection fails, the webhook answers 5xx, or a robot answers errcode 45009
-(its limit) or -1 (busy); anything else (a 4xx, another errcode) is logged once and dropped.
+into one summary, sent when the minute has room again (counted in this process: each process of a
+fleet sends its own changes). A message is tried 3 times (again after 0.5 s, then 2 s) when the
+connection fails, the webhook answers 5xx, or a robot answers errcode -1 (busy); after a minute when
+a robot answers 45009 (its limit); anything else (a 4xx, another errcode) is logged once and dropped.
 
 A message says the account's name and key (appId, or corp_id:agent_id), the event, the error's
 message (scrubbed of secrets where it is made, `errors.py`), errcode, fix and class, a quota's API,
@@ -55,10 +57,13 @@ from jssdk_service.quotas import china_day, next_china_midnight
 log = logging.getLogger("jssdk_service.notify")
 
 NoticeEvent = Literal["failed", "recovered", "quota"]
+Retry = Literal["", "soon", "minute"]
+"""When trying a message again may help: never, soon, in the next minute (a robot's limit)."""
 QUEUE_SIZE = 1000
 RATE_WINDOW = 60.0  # seconds over which a webhook's `per_minute` counts
 RETRY_DELAYS = (0.5, 2.0)  # before the second and the third attempt
-RETRIED_ERRCODES = frozenset({45009, -1})  # a robot's: over its 20 a minute; busy
+ROBOT_LIMIT = 45009  # a robot's answer past its 20 messages a minute: tried again in the next minute
+# (a robot's -1, busy, is tried again after RETRY_DELAYS)
 POST_TIMEOUT = 5.0
 HOUR = 3600.0
 # How long the fleet remembers an account's last state told: a failure lasting longer is told again.
@@ -181,10 +186,12 @@ def state_told(notice: Notice) -> tuple[str, str]:
 class _Hook:
     """One webhook's side of sending: its recent messages (the rate limit) and the notices folded meanwhile."""
 
-    __slots__ = ("folded", "pending", "sent", "webhook")
+    __slots__ = ("folded", "inbox", "pending", "sent", "webhook")
 
     def __init__(self, webhook: Webhook) -> None:
         self.webhook = webhook
+        self.inbox: asyncio.Queue[Notice] = asyncio.Queue()
+        """Notices this process is the fleet's sender of, for this webhook (the dispatcher puts them here)."""
         self.sent: deque[float] = deque()
         self.pending: list[Notice] = []
         self.folded = 0
@@ -246,7 +253,7 @@ class Notifier:
         self._owner = secrets.token_hex(8)
         self._cache: SharedCache | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._sender: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     def __repr__(self) -> str:
         return f"Notifier(webhooks={[hook.webhook for hook in self._hooks]!r}, waiting={self._queue.qsize()})"
@@ -316,40 +323,68 @@ class Notifier:
         """Send from now on (what was watched before waits in the queue), marking changes in `cache`."""
         self._cache = cache
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout))
-        self._sender = asyncio.get_running_loop().create_task(self._send_all())
+        loop = asyncio.get_running_loop()
+        # One dispatcher (the fleet decides who sends), and a sender per webhook: a webhook that does not
+        # answer holds up its own messages only.
+        self._tasks = [
+            loop.create_task(self._dispatch()),
+            *(loop.create_task(self._send(hook)) for hook in self._hooks),
+        ]
 
     async def stop(self) -> None:
         """Stop sending; what has not been sent yet is logged as lost."""
-        if self._sender is not None:
-            self._sender.cancel()
-            await asyncio.gather(self._sender, return_exceptions=True)
-            self._sender = None
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
         if self._session is not None:
             await self._session.close()
             self._session = None
-        unsent = self._queue.qsize() + sum(len(hook.pending) + hook.folded for hook in self._hooks)
+        unsent = self._queue.qsize() + sum(h.inbox.qsize() + len(h.pending) + h.folded for h in self._hooks)
         if unsent:
             log.warning("notifications: %d not sent, the service is stopping", unsent)
 
-    async def _send_all(self) -> None:
+    async def _dispatch(self) -> None:
+        """Each notice this process is the fleet's sender of, to the webhooks that take its event."""
         while True:
-            notice = await self._next()
+            notice = await self._queue.get()
             try:
-                if notice is not None and not await self._claimed(notice):
-                    log.debug("notifications: %s is another process's to send", notice.describe())
-                    continue
-                await asyncio.gather(*(self._offer(hook, notice) for hook in self._hooks))
+                claimed = await self._claimed(notice)
             except Exception:
-                # Whatever went wrong with this notice, the sender goes on to the next.
-                log.exception("notifications: sending failed unexpectedly")
+                # Whatever went wrong with this notice, the dispatcher goes on to the next.
+                log.exception("notifications: %s could not be claimed", notice.describe())
+                continue
+            if not claimed:
+                log.debug("notifications: %s is another process's to send", notice.describe())
+                continue
+            for hook in self._hooks:
+                if notice.event in hook.webhook.events:
+                    if hook.inbox.qsize() >= self._queue.maxsize:  # a webhook that never answers: fold
+                        hook.fold(notice)
+                    else:
+                        hook.inbox.put_nowait(notice)
 
-    async def _next(self) -> Notice | None:
-        """The next notice; None when a webhook's folded notices are due first."""
-        due = [hook.sent[0] + self._rate_window for hook in self._hooks if hook.pending and hook.sent]
-        if not due:
-            return await self._queue.get()
+    async def _send(self, hook: _Hook) -> None:
+        """`hook`'s sender: each notice as its own message while the minute has room, the rest folded into
+        one summary sent when it has room again."""
+        while True:
+            notice = await self._next(hook)
+            if notice is not None:
+                hook.fold(notice)
+            if hook.pending and hook.has_room(time.monotonic(), self._rate_window):
+                notices, count = hook.take()
+                try:
+                    await self._post(hook, notices, count)
+                except Exception:
+                    log.exception("webhook %s: sending failed unexpectedly", hook.webhook.name)
+
+    async def _next(self, hook: _Hook) -> Notice | None:
+        """`hook`'s next notice; None when its folded notices are due first."""
+        if not (hook.pending and hook.sent):
+            return await hook.inbox.get()
+        due = hook.sent[0] + self._rate_window
         try:
-            return await asyncio.wait_for(self._queue.get(), max(0.001, min(due) - time.monotonic()))
+            return await asyncio.wait_for(hook.inbox.get(), max(0.001, due - time.monotonic()))
         except TimeoutError:
             return None
 
@@ -368,14 +403,6 @@ class Notifier:
                 return False
         return True
 
-    async def _offer(self, hook: _Hook, notice: Notice | None) -> None:
-        """`notice` (if `hook` takes it) and the notices folded before it: one message when the minute has room."""
-        if notice is not None and notice.event in hook.webhook.events:
-            hook.fold(notice)
-        if hook.pending and hook.has_room(time.monotonic(), self._rate_window):
-            notices, count = hook.take()
-            await self._post(hook, notices, count)
-
     async def _post(self, hook: _Hook, notices: list[Notice], count: int) -> None:
         """One message of `notices` (a summary when more than one), tried up to three times."""
         hook.sent.append(time.monotonic())
@@ -389,8 +416,11 @@ class Notifier:
             body = (robot_body(robot_summary(notices, count, self._host, now)) if robot
                     else json_summary(notices, count, self._host, now))  # fmt: skip
         data = orjson.dumps(body)
-        problem, again = "not tried", False
+        problem: str = "not tried"
+        again: Retry = ""
         for delay in (0.0, *self._retry_delays):
+            if again == "minute":  # the robot's limit: it takes more in the next minute, not in a second
+                delay = self._rate_window
             if delay:
                 await asyncio.sleep(delay)
             problem, again = await self._attempt(hook, data)
@@ -403,26 +433,28 @@ class Notifier:
         log.warning("webhook %s: %s not delivered: %s%s", hook.webhook.name, what, problem,
                     " (after 3 attempts)" if again else "")  # fmt: skip
 
-    async def _attempt(self, hook: _Hook, data: bytes) -> tuple[str, bool]:
-        """One POST: ("", False) when delivered, else what went wrong and whether trying again may help."""
+    async def _attempt(self, hook: _Hook, data: bytes) -> tuple[str, Retry]:
+        """One POST: ("", "") when delivered, else what went wrong and when trying again may help: "soon", in
+        the next "minute" (the robot's limit), or "" (never)."""
         assert self._session is not None  # started
         robot = hook.webhook.kind == "wecom_robot"
         try:
             async with self._session.post(hook.webhook.url.reveal(), data=data, headers=_JSON,
                                           allow_redirects=False) as response:  # fmt: skip
                 if response.status >= 300:
-                    return f"HTTP {response.status}", response.status >= 500
+                    return f"HTTP {response.status}", "soon" if response.status >= 500 else ""
                 answer = orjson.loads(await response.read()) if robot else {"errcode": 0}
         except (aiohttp.ClientError, TimeoutError) as exc:
             # An aiohttp error's text may carry the URL, and so the robot's key: its type only.
-            return f"cannot post ({type(exc).__name__})", True
+            return f"cannot post ({type(exc).__name__})", "soon"
         except orjson.JSONDecodeError:
-            return "the robot's answer is not JSON", False
+            return "the robot's answer is not JSON", ""
         errcode = answer.get("errcode") if isinstance(answer, dict) else None
         if errcode == 0:
-            return "", False
+            return "", ""
         errmsg = hook.scrub(_one_line(answer.get("errmsg", "") if isinstance(answer, dict) else ""))
-        return f"errcode {errcode}: {errmsg}", errcode in RETRIED_ERRCODES
+        again: Retry = "minute" if errcode == ROBOT_LIMIT else "soon" if errcode == -1 else ""
+        return f"errcode {errcode}: {errmsg}", again
 
 
 def _scrubbed(text: str, secret: Secret | None) -> str:

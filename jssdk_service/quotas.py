@@ -65,6 +65,7 @@ class UpstreamUsage:
         """Each account's name by its key, for the metrics."""
         self._pending: Counter[tuple[str, str]] = Counter()
         self._warned: set[str] = set()
+        self._warned_day = ""  # the China day of the keys in _warned
 
     def __repr__(self) -> str:
         return f"UpstreamUsage(pending={sum(self._pending.values())})"
@@ -80,8 +81,13 @@ class UpstreamUsage:
             count = await cache.increment(key, calls, 2 * DAY)
             quota = KNOWN_DAILY_QUOTAS.get(api)
             if count is not None and quota is not None:
-                quota_used(self._names.get(app_id, app_id), api, "day", count / quota)
+                quota_used(self._names.get(app_id, app_id), api, "day", count / quota,
+                           until=next_china_midnight(self._clock()))  # fmt: skip
             if count is not None and quota is not None and count >= QUOTA_WARNING * quota and key not in self._warned:
+                day = key.rpartition(":")[2]
+                if day != self._warned_day:  # a new China day: yesterday's warnings are done with
+                    self._warned_day = day
+                    self._warned.clear()
                 self._warned.add(key)
                 log.warning("app=%s %s calls today: %d of the daily quota of %d", app_id, api, count, quota)
                 for watcher in self.watchers:
@@ -174,7 +180,7 @@ class HourlyLimits:
                 # A call is free again when the oldest bucket that holds one leaves the window.
                 oldest = next((i for i, n in enumerate(earlier) if n), len(earlier))
                 return max(1.0, (current + 1 + oldest) * BUCKET - now)
-            quota_used(scope, api, "hour", used / limit)
+            quota_used(scope, api, "hour", used / limit, until=now + HOUR)
             if used >= QUOTA_WARNING * limit and self._warned.get((scope, api)) != current:
                 self._warned[(scope, api)] = current
                 log.warning("%s: %d %s calls in the last hour, of WeCom's limit of %d", scope, used, api, limit)

@@ -40,8 +40,8 @@ async def exported_names(
     start_service: ServiceFactory, sandbox: WeChatSandbox, http: aiohttp.ClientSession
 ) -> dict[str, str]:
     """The names a live service's /metrics lets a query read (`queryable_names`) once every family had its
-    event: a signature, a refresh that fails, a page's report, and a platform configured (its families
-    exist only then)."""
+    event: a signature, a refresh that fails (its account failing since), a page's report, and a platform
+    configured (its families exist only then)."""
     service = await start_service(platforms=(make_platform(),), admin_token=Secret(ADMIN))
     assert (await sign(http, service.url))[0] == 200
     sandbox.faults.script.append(40013)  # the forced refresh's ticket call is refused: one failed refresh
@@ -53,7 +53,8 @@ async def exported_names(
     async with http.get(f"{service.url}/metrics") as response:
         assert response.status == 200
         text = await response.text()
-    for name, labels in (("jssdk_refresh_failures_total", {"app": "main"}), ("jssdk_reports_total", {"app": "main"}),
+    for name, labels in (("jssdk_refresh_failures_total", {"app": "main"}), ("jssdk_refresh_failing", {"app": "main"}),
+                         ("jssdk_reports_total", {"app": "main"}),
                          ("jssdk_platform_authorizers", {"platform": "platform"})):  # fmt: skip
         assert metric_sample(text, name, **labels) is not None, f"no {name} after its event:\n{text}"
     return queryable_names(text)

@@ -6,16 +6,21 @@ import asyncio
 import io
 import logging
 import signal
+import time
 from pathlib import Path
 
 import aiohttp
 import orjson
 
-from jssdk_service import logs
+from jssdk_service import logs, metrics
 from jssdk_service.config import Secret
-from jssdk_service.sandbox import DEMO_APP_ID
+from jssdk_service.sandbox import DEMO_APP_ID, WeChatSandbox
+from jssdk_service.scheduler import UpstreamScheduler
 
 from .helpers import ACCOUNT_ENV, PAGE, SECRET, ServiceFactory, make_account, metric_sample, serving, sign
+
+ADMIN = "observability-admin-token-0123456789"
+ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN}"}
 
 
 async def test_metrics_add_up_over_processes_sharing_a_directory(tmp_path: Path, http: aiohttp.ClientSession) -> None:
@@ -101,3 +106,43 @@ async def test_upstream_failures_are_logged_as_json_without_credentials(
     assert len(failed) == 4 and all(e["request_id"] for e in failed)
     text = log.read_text()
     assert SECRET not in text and "sandbox_token_" not in text and "sandbox_ticket_" not in text
+
+
+async def test_a_failing_account_is_a_series_until_it_recovers(
+    start_service: ServiceFactory, sandbox: WeChatSandbox, http: aiohttp.ClientSession
+) -> None:
+    """jssdk_refresh_failing has a series for the account from its failed refresh (however long WeChat's
+    backoff keeps it from trying again) until a refresh works; the failures counted stay."""
+    service = await start_service(accounts=(make_account(name="failing-one"),), admin_token=Secret(ADMIN))
+    assert (await sign(http, service.url, app="failing-one"))[0] == 200
+    refresh = f"{service.url}/admin/apps/failing-one/refresh"
+    sandbox.faults.script.append(40013)
+    async with http.post(refresh, headers=ADMIN_AUTH) as response:
+        assert response.status >= 400
+    text = await metrics_text(http, service.url)
+    assert metric_sample(text, "jssdk_refresh_failing", app="failing-one", **{"class": "configuration"}) == 1
+    assert metric_sample(text, "jssdk_refresh_failures_total", app="failing-one", **{"class": "configuration"}) == 1
+    async with http.post(refresh, headers=ADMIN_AUTH) as response:
+        assert response.status == 200, await response.text()
+    text = await metrics_text(http, service.url)
+    assert 'jssdk_refresh_failing{app="failing-one"' not in text
+    assert metric_sample(text, "jssdk_refresh_failures_total", app="failing-one", **{"class": "configuration"}) == 1
+
+
+async def test_a_quotas_use_is_shown_until_its_window_is_over() -> None:
+    """A quota's ratio is exported until the end of its window: an account that stops calling does not keep
+    yesterday's figure (which would keep an alert firing)."""
+    now = time.time()
+    metrics.quota_used("window-test", "getticket", "day", 0.85, until=now + 60)
+    metrics.quota_used("window-test", "get_jsapi_ticket", "hour", 0.9, until=now - 1)
+    text = (await metrics.exposition([], UpstreamScheduler(1), now)).decode()
+    assert metric_sample(text, "jssdk_quota_used_ratio", app="window-test", api="getticket", window="day") == 0.85
+    assert 'api="get_jsapi_ticket"' not in text
+    text = (await metrics.exposition([], UpstreamScheduler(1), now + 61)).decode()
+    assert 'app="window-test"' not in text
+
+
+async def metrics_text(http: aiohttp.ClientSession, base: str) -> str:
+    async with http.get(f"{base}/metrics") as response:
+        assert response.status == 200
+        return await response.text()

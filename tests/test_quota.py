@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 import json
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +40,8 @@ from .helpers import (
     make_account,
     make_platform,
     make_wecom_account,
+    metric_sample,
+    readyz,
     run_cli,
     sandbox_platform,
     sign,
@@ -47,6 +51,7 @@ from .helpers import (
 from .helpers import (
     CommandResult as Result,
 )
+from .test_notify import events, until, webhooks
 
 ADMIN = "quota-admin-token-0123456789"
 BEARER = {"Authorization": f"Bearer {ADMIN}"}
@@ -151,6 +156,35 @@ async def test_a_kept_answer_this_version_cannot_read_is_not_shown(
     assert (await apps(http, service.url))["main"]["wechatQuota"] is None
 
 
+async def test_wechats_figures_past_80_percent_are_exported_and_told(
+    start_service: ServiceFactory, sandbox: WeChatSandbox, sandbox_url: str, http: aiohttp.ClientSession
+) -> None:
+    """Another system spending the account's tickets shows in WeChat's figures only: once asked, past 80% they
+    set jssdk_quota_used_ratio and are one quota notification, as the fleet's own count would be; a reset
+    takes the ratio away."""
+    sandbox.daily_quota["getticket"] = 10
+    service = await start_service(accounts=(make_account(name="spent-elsewhere"),), admin_token=Secret(ADMIN),
+                                  webhooks=webhooks(sandbox_url, sandbox))  # fmt: skip
+    assert (await sign(http, service.url, app="spent-elsewhere"))[0] == 200
+    await spend_elsewhere(sandbox_url, tickets=8)  # 9 of 10 with the service's own
+    for _ in range(2):
+        status, body = await admin(http, "GET", f"{service.url}/admin/apps/spent-elsewhere/quota")
+        assert status == 200 and body["wechatQuota"]["getticket"]["used"] == 9, body
+    async with http.get(f"{service.url}/metrics") as response:
+        text = await response.text()
+    labels = {"app": "spent-elsewhere", "api": "getticket", "window": "day"}
+    assert metric_sample(text, "jssdk_quota_used_ratio", **labels) == 0.9
+    await until(lambda: len(events(sandbox, "json", "quota")) == 1)
+    await asyncio.sleep(0.3)
+    (told,) = events(sandbox, "json")
+    assert (told["app"], told["api"], told["used"], told["limit"]) == ("spent-elsewhere", "getticket", 9, 10)
+    status, _ = await admin(http, "POST", f"{service.url}/admin/apps/spent-elsewhere/clear-quota",
+                            {"confirm": "spent-elsewhere"})  # fmt: skip
+    assert status == 200
+    async with http.get(f"{service.url}/metrics") as response:
+        assert 'jssdk_quota_used_ratio{app="spent-elsewhere"' not in await response.text()
+
+
 async def test_a_classic_account_asks_about_the_classic_token_api(
     start_service: ServiceFactory, sandbox: WeChatSandbox, http: aiohttp.ClientSession
 ) -> None:
@@ -237,6 +271,41 @@ async def test_an_unconfirmed_reset_is_refused_and_calls_nothing(
     message = answer["error"]["message"]
     assert phrase in message and '{"confirm": "main"}' in message and "10 resets" in message, message
     assert sandbox.count("clear_quota") == 0
+
+
+async def test_a_reset_lets_an_account_held_back_by_a_spent_quota_refresh_at_once(
+    start_service: ServiceFactory, sandbox: WeChatSandbox, sandbox_url: str, http: aiohttp.ClientSession
+) -> None:
+    """Another system spent the day's tickets: the account's refresh meets 45009 and is held back until midnight
+    China time; a confirmed reset lets it refresh at once, with no request asking."""
+    sandbox.daily_quota["getticket"] = 1
+    await spend_elsewhere(sandbox_url, tickets=1)
+    service = await start_service(accounts=(make_account(name="held-back"),), admin_token=Secret(ADMIN))
+    status, body = await sign(http, service.url, app="held-back")
+    assert (status, body["error"]["code"]) == (503, "upstream_rejected") and "45009" in body["error"]["message"]
+    status, _ = await admin(http, "POST", f"{service.url}/admin/apps/held-back/clear-quota", {"confirm": "held-back"})
+    assert status == 200
+    deadline = time.monotonic() + 10
+    while (await readyz(http, service.url))[0] != 200:
+        assert time.monotonic() < deadline, "refreshed after the reset"
+        await asyncio.sleep(0.05)
+    assert sandbox.count("getticket", APP_ID, ok_only=True) == 2  # the other system's, then the service's
+
+
+async def test_two_resets_at_once_spend_one(
+    service: RunningService, sandbox: WeChatSandbox, http: aiohttp.ClientSession
+) -> None:
+    """A second confirmed reset while the first is under way is 409 (two would spend two of the month's 10);
+    once the first is done, another may be asked."""
+    sandbox.faults.delay = 0.3
+    url = f"{service.url}/admin/apps/main/clear-quota"
+    answers = await asyncio.gather(*(admin(http, "POST", url, {"confirm": "main"}) for _ in range(2)))
+    assert sorted(status for status, _ in answers) == [200, 409]
+    refused = next(body for status, body in answers if status == 409)
+    assert refused["error"]["code"] == "conflict" and "under way" in refused["error"]["message"]
+    assert sandbox.count("clear_quota") == 1
+    sandbox.faults.delay = 0.0
+    assert (await admin(http, "POST", url, {"confirm": "main"}))[0] == 200
 
 
 async def test_a_confirmed_reset_clears_the_used_counts_and_says_what_is_left(
