@@ -39,6 +39,7 @@ import logging
 import math
 import re
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
@@ -62,7 +63,17 @@ from jssdk_service.errors import (
     UpstreamRejected,
     UpstreamUnavailable,
 )
-from jssdk_service.keys import ADMIN_DIGEST, CACHE, CLOCK, PLATFORMS, QUOTA_WATCHERS, STORE, WECHAT, find_account
+from jssdk_service.keys import (
+    ADMIN_DIGEST,
+    CACHE,
+    CLOCK,
+    PLATFORMS,
+    QUOTA_RESETS,
+    QUOTA_WATCHERS,
+    STORE,
+    WECHAT,
+    find_account,
+)
 from jssdk_service.metrics import quota_reset, quota_used
 from jssdk_service.quotas import (
     DAY,
@@ -345,7 +356,7 @@ async def clear_quota(request: web.Request) -> web.Response:
     if asked.confirm != named:  # well formed, yet naming something else: the body contradicts the path
         raise Conflict(f"confirm does not name the account as the path does; {how}")
     cache = config[CACHE]
-    async with _one_reset(cache, account.key):
+    async with _one_reset(cache, config[QUOTA_RESETS], account.key):
         wechat = config[WECHAT]
         if account.platform is not None:
             platform = config[PLATFORMS].named(account.platform).platform
@@ -373,32 +384,35 @@ async def clear_quota(request: web.Request) -> web.Response:
     return json_response(answer)
 
 
-# The accounts whose quota reset is under way in this process (the fleet's lock covers the others).
-_RESETTING: set[str] = set()
 RESET_LEASE = 60.0  # how long a reset whose outcome is unknown keeps others out
 
 
 @contextlib.asynccontextmanager
-async def _one_reset(cache: SharedCache, key: str) -> AsyncIterator[None]:
+async def _one_reset(cache: SharedCache, resets: dict[str, float], key: str) -> AsyncIterator[None]:
     """One reset of the account's quota at a time in the fleet (two at once would spend two of the month's
-    10): a 409 while another is under way, or for a minute after one whose outcome is unknown."""
+    10): a 409 while another is under way, or for a minute after one whose outcome is unknown. `resets` are
+    this process's (`QUOTA_RESETS`: the memory cache has no lock); the fleet's lock covers the others."""
     owner = secrets.token_hex(8)
     lock = f"{key}:quota-reset-lock"
-    if key in _RESETTING or not await cache.acquire(lock, owner, RESET_LEASE):
+    now = time.monotonic()
+    for done in [k for k, until in resets.items() if until <= now]:
+        del resets[done]
+    if key in resets or not await cache.acquire(lock, owner, RESET_LEASE):
         raise Conflict("a reset of this account's quota is under way (or its outcome is unknown): look at the "
                        "quota (GET …/quota) in a minute before asking again")  # fmt: skip
-    _RESETTING.add(key)
+    resets[key] = math.inf
     try:
         yield
     except UpstreamUnavailable:
-        raise  # whether WeChat took it is unknown: the lock keeps others out until its lease ends
+        # Whether WeChat took it is unknown: others are kept out until the lease ends, here and in the fleet.
+        resets[key] = time.monotonic() + RESET_LEASE
+        raise
     except BaseException:
+        del resets[key]
         await cache.release(lock, owner)
         raise
-    else:
-        await cache.release(lock, owner)
-    finally:
-        _RESETTING.discard(key)
+    del resets[key]
+    await cache.release(lock, owner)
 
 
 def _quota_key(key: str) -> str:

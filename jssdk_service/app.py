@@ -30,6 +30,7 @@ from jssdk_service.keys import (
     NONCES,
     PLATFORMS,
     PUSH_GUARD,
+    QUOTA_RESETS,
     QUOTA_WATCHERS,
     REPORTS,
     SETTINGS,
@@ -83,6 +84,7 @@ def create_app(
     platform_watchers: tuple[PlatformWatcher, ...] = () if notifier is None else (notifier.watch_platform,)
     usage.watchers.extend(quota_watchers)
     app[QUOTA_WATCHERS] = quota_watchers
+    app[QUOTA_RESETS] = {}
 
     async def wechat_client(app: web.Application) -> AsyncIterator[None]:
         observers: list[CallObserver] = app[CALL_OBSERVERS]

@@ -24,7 +24,7 @@ from aiohttp import web
 from jssdk_service.clientip import client_ip
 from jssdk_service.component import ComponentCredentials, Platforms
 from jssdk_service.errors import InvalidPush, PayloadTooLarge, UpstreamError, UpstreamRejected
-from jssdk_service.keys import PLATFORMS, PUSH_GUARD
+from jssdk_service.keys import PLATFORMS, PUSH_GUARD, STORE
 from jssdk_service.msgcrypt import MessageRejected
 
 log = logging.getLogger("jssdk_service.callbacks")
@@ -70,8 +70,14 @@ async def platform_events(request: web.Request) -> web.Response:
         if exc.errcode not in SPENT_CODE:
             await guard.forget(component_appid, timestamp, nonce)
             raise
-        # The same code would be refused again: a push repeated is no use, the account must authorize again.
-        log.error("platform=%s %s push: %s (%s)", component_appid, fields.get("InfoType", ""), exc.message, exc.fix)
+        # The same code would be refused again: a push repeated is no use.
+        named = fields.get("AuthorizerAppid", "")
+        if named and request.app[STORE].authorizer(named) is not None:  # WeChat pushed it again: we took it once
+            log.info("platform=%s %s push for %s: its code was used already, and the authorizer is held",
+                     component_appid, fields.get("InfoType", ""), named)  # fmt: skip
+        else:  # the account must authorize again
+            log.error("platform=%s %s push: %s (%s)", component_appid, fields.get("InfoType", ""), exc.message,
+                      exc.fix)  # fmt: skip
     except UpstreamError:
         await guard.forget(component_appid, timestamp, nonce)  # WeChat may push it again as it was
         raise

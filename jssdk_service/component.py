@@ -235,8 +235,9 @@ class ComponentCredentials:
 
     def _record_failure(self, exc: UpstreamError) -> None:
         kind = failure_class(exc)
-        count_refresh_failure(self.platform.name, kind)
         expected = isinstance(exc, NoVerifyTicket) and self._clock() - self._started_at < FIRST_PUSH_GRACE
+        if not expected:  # neither counted nor told: no ticket yet is what a start looks like
+            count_refresh_failure(self.platform.name, kind)
         if not expected and self._told != ("failed", kind):
             self._told = ("failed", kind)
             for watcher in self._rules.platform_watchers:

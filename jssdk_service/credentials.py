@@ -336,6 +336,8 @@ class AccountCredentials:
 
     def _recovered(self, how: str) -> None:
         refresh_recovered(self.account.name)
+        if self._blocked_until:
+            self.wake()  # held back by a failure: the background refresher's schedule is its own again
         if self._error is not None:
             log.info("app=%s credentials recovered%s", self.account.name, how)
             for watcher in self._rules.watchers:
@@ -861,6 +863,7 @@ class CredentialStore:
             task.cancel()
         if creds is not None:
             self._removed = [t for t in self._removed if not t.done()] + creds.running_tasks()
+            refresh_recovered(creds.account.name)  # no longer failing here: it is gone
         return creds
 
     def __getitem__(self, app_id: str) -> AccountCredentials:

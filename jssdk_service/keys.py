@@ -43,6 +43,9 @@ SIGNERS: web.AppKey[dict[str, tuple[Account, ...]]] = web.AppKey("signers")
 CALL_OBSERVERS: web.AppKey[list[CallObserver]] = web.AppKey("call_observers")
 # Told when the fleet passes 80% of a quota (notifications): also of WeChat's own figures, once asked.
 QUOTA_WATCHERS: web.AppKey[tuple[QuotaWatcher, ...]] = web.AppKey("quota_watchers")
+# The accounts whose quota reset is under way in this process, or whose last one's outcome is unknown,
+# and until when (monotonic; the admin API's, `admin.py`).
+QUOTA_RESETS: web.AppKey[dict[str, float]] = web.AppKey("quota_resets")
 WECHAT = web.AppKey("wechat", WeChatClient)
 CACHE: web.AppKey[SharedCache] = web.AppKey("cache")
 STORE = web.AppKey("store", CredentialStore)

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -79,6 +80,7 @@ UNMATCHED_ROUTE = "unmatched"
 # Read once, as prometheus_client does: the supervisor sets it before it spawns the workers.
 MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 PUBLISH_EVERY = 1.0
+FAILING_FRESH = 5 * PUBLISH_EVERY  # a published record older than this is an exited worker's
 # Lines of per-account series written between two turns of the event loop (a few milliseconds).
 CHUNK = 250
 # Warm signatures take well under a millisecond; a cold one waits for WeChat for up to seconds.
@@ -106,7 +108,7 @@ def count_refresh_failure(app: str, failure_class: str) -> None:
 
 
 def refresh_recovered(app: str) -> None:
-    """`app`'s refreshes succeed again."""
+    """`app`'s refreshes succeed again (or it was removed)."""
     _FAILING.pop(app, None)
 
 
@@ -177,6 +179,7 @@ def _this_process() -> dict[str, Any]:
         "failures": [[*labels, count] for labels, count in _FAILURES.items()],
         "quotas": [[*labels, ratio, until] for labels, (ratio, until) in _QUOTAS.items()],
         "failing": list(_FAILING.items()),
+        "at": time.time(),
     }
 
 
@@ -215,8 +218,11 @@ async def _counts(directory: str | None, now: float) -> _Counted:
         for app, api, window, ratio, until in record.get("quotas", ()):
             if until > now:
                 counted.quotas[(app, api, window)] = max(ratio, counted.quotas.get((app, api, window), 0.0))
-        for app, failure_class in record.get("failing", ()):
-            counted.failing[(app, failure_class)] = counted.failing.get((app, failure_class), 0) + 1
+        # A worker's failing accounts are its state now: a worker that exited (its file no longer rewritten)
+        # has none, however it left.
+        if time.time() - record.get("at", 0.0) <= FAILING_FRESH:
+            for app, failure_class in record.get("failing", ()):
+                counted.failing[(app, failure_class)] = counted.failing.get((app, failure_class), 0) + 1
         await asyncio.sleep(0)  # a worker's file holds a line per account and API: one at a time
     return counted
 

@@ -272,8 +272,8 @@ class Notifier:
             return
         if account.key in self._through_platform:
             self._through_platform.discard(account.key)
-            if event == "recovered":
-                return
+            if event == "recovered" and self._states.get(account.key, ("",))[0] != "failed":
+                return  # it failed only with its platform, whose recovery is told
         self._tell(account.key, account.name, event, error, account.secret)
 
     def watch_platform(self, platform: Platform, event: AccountEvent, error: UpstreamError | None) -> None:

@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import orjson
@@ -488,6 +488,23 @@ async def test_a_platforms_failure_is_told_once_for_all_its_authorizers(
         ("failed", COMPONENT_APPID), ("recovered", COMPONENT_APPID), ("failed", authorizers[0].key)]  # fmt: skip
     assert (bodies[0]["class"], bodies[0]["errcode"], bodies[0]["app"]) == ("configuration", 61004, platform.name)
     assert COMPONENT_SECRET not in orjson.dumps(bodies).decode()
+
+
+async def test_an_authorizers_own_failure_is_followed_by_its_recovery_through_a_platform_outage(
+    notifiers: NotifierFactory, sandbox: WeChatSandbox
+) -> None:
+    """An authorizer told failing on its own, then failing with its platform, then working: its recovery is told
+    (the chat's last word about it is the truth), and a later failure of its own is told again."""
+    notifier = await notifiers()
+    authorizer = make_platform().authorizer("wxa00000000000d001")
+    down = PlatformUnavailable("platform down", app_id=authorizer.key, errcode=61004, fix="see the platform")
+    busy = UpstreamUnavailable("WeChat errcode -1: system busy", app_id=authorizer.key, api="getticket")
+    for event, error in (("failed", busy), ("failed", down), ("recovered", None), ("failed", busy)):
+        notifier.watch_state(authorizer, cast(AccountEvent, event), error)
+    await until(lambda: len(events(sandbox, "json")) == 3)
+    await asyncio.sleep(0.3)
+    assert [(b["event"], b.get("class")) for b in events(sandbox, "json")] == [
+        ("failed", "upstream"), ("recovered", None), ("failed", "upstream")]  # fmt: skip
 
 
 async def test_a_wecom_app_past_80_percent_of_its_hourly_tickets_is_told_once(

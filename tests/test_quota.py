@@ -308,6 +308,20 @@ async def test_two_resets_at_once_spend_one(
     assert (await admin(http, "POST", url, {"confirm": "main"}))[0] == 200
 
 
+async def test_a_reset_whose_answer_is_lost_keeps_others_out_for_a_minute(
+    service: RunningService, sandbox: WeChatSandbox, http: aiohttp.ClientSession
+) -> None:
+    """WeChat busy (-1) on a reset: whether it took effect is unknown (503, not retried), and another reset is 409
+    for the next minute, on the memory cache too (one reset may have been spent already)."""
+    sandbox.faults.script.append(-1)
+    url = f"{service.url}/admin/apps/main/clear-quota"
+    status, body = await admin(http, "POST", url, {"confirm": "main"})
+    assert (status, body["error"]["code"]) == (503, "upstream_unavailable") and "unknown" in body["error"]["message"]
+    status, body = await admin(http, "POST", url, {"confirm": "main"})
+    assert (status, body["error"]["code"]) == (409, "conflict")
+    assert sandbox.count("clear_quota") == 1
+
+
 async def test_a_confirmed_reset_clears_the_used_counts_and_says_what_is_left(
     service: RunningService, sandbox: WeChatSandbox, sandbox_url: str, http: aiohttp.ClientSession,
     all_logs: pytest.LogCaptureFixture,
