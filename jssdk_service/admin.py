@@ -401,18 +401,18 @@ async def _one_reset(cache: SharedCache, resets: dict[str, float], key: str) -> 
         raise Conflict("a reset of this account's quota is under way (or its outcome is unknown): look at the "
                        "quota (GET …/quota) in a minute before asking again")  # fmt: skip
     resets[key] = math.inf
+    unknown = False
     try:
         yield
     except UpstreamUnavailable:
-        # Whether WeChat took it is unknown: others are kept out until the lease ends, here and in the fleet.
-        resets[key] = time.monotonic() + RESET_LEASE
+        unknown = True  # whether WeChat took it: others are kept out until the lease ends, here and in the fleet
         raise
-    except BaseException:
-        del resets[key]
-        await cache.release(lock, owner)
-        raise
-    del resets[key]
-    await cache.release(lock, owner)
+    finally:
+        if unknown:
+            resets[key] = time.monotonic() + RESET_LEASE
+        else:
+            del resets[key]
+            await cache.release(lock, owner)
 
 
 def _quota_key(key: str) -> str:

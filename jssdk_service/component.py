@@ -41,6 +41,7 @@ from jssdk_service.credentials import (
     ComponentTokenNeeded,
     CredentialStore,
     RefreshRules,
+    Reported,
     backoff,
     under_fleet_lock,
 )
@@ -50,9 +51,7 @@ from jssdk_service.errors import (
     UpstreamError,
     UpstreamRejected,
     UpstreamUnavailable,
-    failure_class,
 )
-from jssdk_service.metrics import count_refresh_failure, refresh_recovered
 from jssdk_service.msgcrypt import MessageCrypt
 from jssdk_service.scheduler import Turn
 from jssdk_service.tokens import AccessToken
@@ -120,8 +119,7 @@ class ComponentCredentials:
         self._adopting: asyncio.Task[None] | None = None
         self.last_push: float | None = None
         self._started_at = self._clock()
-        # The state last told to the platform watchers: ("failed", class) or None (working, or nothing told).
-        self._told: tuple[str, str] | None = None
+        self._reported = Reported(platform, platform.name, rules.platform_watchers)
 
     def __repr__(self) -> str:
         return f"ComponentCredentials(platform={self.platform.component_appid!r})"
@@ -200,13 +198,9 @@ class ComponentCredentials:
         return token
 
     def _recovered(self) -> None:
-        refresh_recovered(self.platform.name)
+        self._reported.recovered()
         if self._error is not None:
             log.info("platform=%s component_access_token recovered", self.platform.component_appid)
-        if self._told is not None:
-            self._told = None
-            for watcher in self._rules.platform_watchers:
-                watcher(self.platform, "recovered", None)
         self._error, self._failures, self._blocked_until = None, 0, 0.0
 
     async def _shared_token(self) -> AccessToken | None:
@@ -234,14 +228,9 @@ class ComponentCredentials:
         return token
 
     def _record_failure(self, exc: UpstreamError) -> None:
-        kind = failure_class(exc)
-        expected = isinstance(exc, NoVerifyTicket) and self._clock() - self._started_at < FIRST_PUSH_GRACE
-        if not expected:  # neither counted nor told: no ticket yet is what a start looks like
-            count_refresh_failure(self.platform.name, kind)
-        if not expected and self._told != ("failed", kind):
-            self._told = ("failed", kind)
-            for watcher in self._rules.platform_watchers:
-                watcher(self.platform, "failed", exc)
+        # No ticket yet is what a start looks like: neither counted nor told.
+        if not (isinstance(exc, NoVerifyTicket) and self._clock() - self._started_at < FIRST_PUSH_GRACE):
+            self._reported.failed(exc)
         now = self._clock()
         first = self._error is None or str(self._error) != str(exc)
         self._error = exc

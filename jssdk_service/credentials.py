@@ -33,7 +33,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import orjson
 
@@ -72,6 +72,7 @@ log = logging.getLogger("jssdk_service.credentials")
 
 C = TypeVar("C", AccessToken, JsapiTicket)
 R = TypeVar("R")
+S = TypeVar("S")
 
 RECENT_TICKETS = 5
 # How often a process waiting on another's refresh looks for its result.
@@ -160,6 +161,34 @@ class PlatformWatcher(Protocol):
     def __call__(self, platform: Platform, event: AccountEvent, error: UpstreamError | None) -> None: ...
 
 
+class Reported(Generic[S]):
+    """What the metrics and the watchers were told of the refreshes of one `subject` (an account, or a
+    platform's component token): each failure counted under `name`, the watchers told once per change of
+    state (`failed` with its class, again when the class changes; `recovered` after a failure told)."""
+
+    __slots__ = ("_name", "_subject", "_told", "_watchers")
+
+    def __init__(self, subject: S, name: str, watchers: Sequence[Callable[[S, AccountEvent, UpstreamError | None],
+                                                                           None]]) -> None:  # fmt: skip
+        self._subject, self._name, self._watchers = subject, name, watchers
+        self._told: str | None = None  # the class of the failure last told; None: none, or it recovered
+
+    def failed(self, exc: UpstreamError) -> None:
+        kind = failure_class(exc)
+        count_refresh_failure(self._name, kind)
+        if self._told != kind:
+            self._told = kind
+            for watcher in self._watchers:
+                watcher(self._subject, "failed", exc)
+
+    def recovered(self) -> None:
+        refresh_recovered(self._name)
+        if self._told is not None:
+            self._told = None
+            for watcher in self._watchers:
+                watcher(self._subject, "recovered", None)
+
+
 class ComponentTokenNeeded(Exception):
     """Raised inside an upstream slot when an authorizer's refresh needs its platform's token first: the
     refresh leaves the slot, waits for the token, and tries again (a component token's own refresh needs a
@@ -186,6 +215,7 @@ class AccountCredentials:
     ) -> None:
         self.account = account
         self._rules = rules
+        self._reported = Reported(account, account.name, rules.watchers)
         self._hourly = hourly
         self._lock_lease = rules.lock_lease
         self._request_wait = rules.request_wait
@@ -335,13 +365,11 @@ class AccountCredentials:
         self._last_refresh = self._clock()
 
     def _recovered(self, how: str) -> None:
-        refresh_recovered(self.account.name)
+        self._reported.recovered()
         if self._blocked_until:
             self.wake()  # held back by a failure: the background refresher's schedule is its own again
         if self._error is not None:
             log.info("app=%s credentials recovered%s", self.account.name, how)
-            for watcher in self._rules.watchers:
-                watcher(self.account, "recovered", None)
         self._error, self._failures, self._blocked_until = None, 0, 0.0
 
     async def _shared_or_new_ticket(self, turn: Turn, force: bool, new_token: bool, cold: bool) -> Tickets:
@@ -645,12 +673,8 @@ class AccountCredentials:
         await self._cache.delete_if_value(self._token_key, failed.value)
 
     def _record_failure(self, exc: UpstreamError) -> None:
-        kind = failure_class(exc)
-        if kind != "platform":  # thousands of authorizers failing with their platform: counted once, as its own
-            count_refresh_failure(self.account.name, kind)
-        if self._error is None or failure_class(self._error) != kind:
-            for watcher in self._rules.watchers:
-                watcher(self.account, "failed", exc)
+        if failure_class(exc) != "platform":  # its platform's failure, told once for its thousands of authorizers
+            self._reported.failed(exc)
         now = self._clock()
         first = self._error is None or type(self._error) is not type(exc) or str(self._error) != str(exc)
         self._error = exc

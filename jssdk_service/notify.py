@@ -246,8 +246,6 @@ class Notifier:
         self._timeout = timeout
         # This process's last state told per account, and when each quota was last told.
         self._states: dict[str, tuple[str, str | None]] = {}
-        # Authorizers whose last failure was their platform's (told as the platform's).
-        self._through_platform: set[str] = set()
         self._quotas: dict[tuple[str, str, str], float] = {}
         self._dropping = False
         self._owner = secrets.token_hex(8)
@@ -262,18 +260,8 @@ class Notifier:
 
     def watch_state(self, account: Account, event: AccountEvent, error: UpstreamError | None) -> None:
         """A `credentials.StateWatcher`: an account's refreshes failed (first, or of a new class) or recovered.
-
-        An authorizer failing for its platform's component token (class `platform`) is not told: the
-        platform's own failure is (`watch_platform`), once for all its authorizers; nor is its recovery.
-        """
-        failure = None if error is None else failure_class(error)
-        if failure == "platform":
-            self._through_platform.add(account.key)
-            return
-        if account.key in self._through_platform:
-            self._through_platform.discard(account.key)
-            if event == "recovered" and self._states.get(account.key, ("",))[0] != "failed":
-                return  # it failed only with its platform, whose recovery is told
+        (An authorizer failing for its platform's component token is not told: the platform's failure is,
+        `watch_platform`, once for all its authorizers.)"""
         self._tell(account.key, account.name, event, error, account.secret)
 
     def watch_platform(self, platform: Platform, event: AccountEvent, error: UpstreamError | None) -> None:

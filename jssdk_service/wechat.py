@@ -510,7 +510,7 @@ _FIXES = {
     41002: "the appId is missing: set app_id (JSSDK_APP_ID)",
     41004: "the AppSecret is missing: set the account's secret",
     45009: "the daily quota is spent: calls resume after midnight China time, or reset it with "
-    "POST /cgi-bin/clear_quota/v2 (10 times a month)",
+    'POST /admin/apps/{app}/clear-quota {"confirm": "{app}"} (10 times a month)',
     48001: "the account lacks permission for this API: check its verification and interface permissions",
     48006: "this month's 10 quota resets are used: the daily quotas come back at midnight China time, and the "
     "resets next month",

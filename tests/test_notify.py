@@ -4,19 +4,20 @@ within their rate, tried again when worth it; the [[webhooks]] configuration; th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 import orjson
 import pytest
 
 from jssdk_service.cache import MemoryCache, RedisCache
-from jssdk_service.config import Secret, Webhook, load_settings
-from jssdk_service.credentials import AccountEvent
+from jssdk_service.config import Account, Secret, Webhook, load_settings
+from jssdk_service.credentials import AccountCredentials, AccountEvent, RefreshRules
 from jssdk_service.errors import ConfigError, PlatformUnavailable, UpstreamRejected, UpstreamUnavailable
 from jssdk_service.keys import CACHE
 from jssdk_service.notify import (
@@ -27,9 +28,10 @@ from jssdk_service.notify import (
     robot_markdown,
     robot_summary,
 )
-from jssdk_service.quotas import DAY, china_day
+from jssdk_service.quotas import DAY, HourlyLimits, china_day
 from jssdk_service.sandbox import WeChatSandbox
 from jssdk_service.sandbox_webhooks import WebhookReceiver
+from jssdk_service.wechat import WeChatClient
 
 from .helpers import (
     APP_ID,
@@ -462,6 +464,19 @@ async def test_a_rejected_configuration_is_told_once_per_account_then_its_recove
     assert_no_secret(sandbox, all_logs.text)
 
 
+@contextlib.asynccontextmanager
+async def credentials_of(accounts: list[Account], notifier: Notifier) -> AsyncIterator[list[AccountCredentials]]:
+    """The accounts' credentials as the store makes them, telling `notifier` of their state (never refreshed:
+    a test records their failures and recoveries itself)."""
+    cache = MemoryCache()
+    client = WeChatClient(["http://127.0.0.1:9"])
+    rules = RefreshRules(lock_lease=10.0, request_wait=1.0, watchers=(notifier.watch_state,))
+    try:
+        yield [AccountCredentials(account, client, cache, rules, HourlyLimits(cache)) for account in accounts]
+    finally:
+        await client.aclose()
+
+
 async def test_a_platforms_failure_is_told_once_for_all_its_authorizers(
     notifiers: NotifierFactory, sandbox: WeChatSandbox
 ) -> None:
@@ -473,16 +488,17 @@ async def test_a_platforms_failure_is_told_once_for_all_its_authorizers(
     refused = UpstreamRejected(61004, "access clientip is not registered", app_id=COMPONENT_APPID,
                                api="api_component_token", fix="add this host's IP to the platform's whitelist")  # fmt: skip
     authorizers = [platform.authorizer(f"wxa00000000000b{n:03d}") for n in range(50)]
-    for authorizer in authorizers:
-        notifier.watch_state(authorizer, "failed", PlatformUnavailable(
-            f"platform {COMPONENT_APPID}: {refused}", app_id=authorizer.key, errcode=61004, fix=refused.fix))  # fmt: skip
-    notifier.watch_platform(platform, "failed", refused)
-    for authorizer in authorizers:
-        notifier.watch_state(authorizer, "recovered", None)
-    notifier.watch_platform(platform, "recovered", None)
-    notifier.watch_state(authorizers[0], "failed", rejected(authorizers[0].key))
-    await until(lambda: len(events(sandbox, "json")) == 3)
-    await asyncio.sleep(0.3)
+    async with credentials_of(authorizers, notifier) as held:
+        for creds in held:
+            creds._record_failure(PlatformUnavailable(
+                f"platform {COMPONENT_APPID}: {refused}", app_id=creds.account.key, errcode=61004, fix=refused.fix))  # fmt: skip
+        notifier.watch_platform(platform, "failed", refused)
+        for creds in held:
+            creds._recovered("")
+        notifier.watch_platform(platform, "recovered", None)
+        held[0]._record_failure(rejected(authorizers[0].key))
+        await until(lambda: len(events(sandbox, "json")) == 3)
+        await asyncio.sleep(0.3)
     bodies = events(sandbox, "json")
     assert [(b["event"], b["appId"]) for b in bodies] == [
         ("failed", COMPONENT_APPID), ("recovered", COMPONENT_APPID), ("failed", authorizers[0].key)]  # fmt: skip
@@ -499,10 +515,14 @@ async def test_an_authorizers_own_failure_is_followed_by_its_recovery_through_a_
     authorizer = make_platform().authorizer("wxa00000000000d001")
     down = PlatformUnavailable("platform down", app_id=authorizer.key, errcode=61004, fix="see the platform")
     busy = UpstreamUnavailable("WeChat errcode -1: system busy", app_id=authorizer.key, api="getticket")
-    for event, error in (("failed", busy), ("failed", down), ("recovered", None), ("failed", busy)):
-        notifier.watch_state(authorizer, cast(AccountEvent, event), error)
-    await until(lambda: len(events(sandbox, "json")) == 3)
-    await asyncio.sleep(0.3)
+    async with credentials_of([authorizer], notifier) as (creds,):
+        for error in (busy, down, None, busy):
+            if error is None:
+                creds._recovered("")
+            else:
+                creds._record_failure(error)
+        await until(lambda: len(events(sandbox, "json")) == 3)
+        await asyncio.sleep(0.3)
     assert [(b["event"], b.get("class")) for b in events(sandbox, "json")] == [
         ("failed", "upstream"), ("recovered", None), ("failed", "upstream")]  # fmt: skip
 
