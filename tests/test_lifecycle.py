@@ -21,6 +21,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from jssdk_service.demo import DEMO_AUTHORIZERS
+
 from .helpers import (
     Process,
     RedisServer,
@@ -82,8 +84,9 @@ async def fetch(port: int, target: str, *, within: float = 5.0) -> Answer:
 
 
 async def wait_signing(port: int, process: Process) -> None:
-    """Until /v1/signature answers 200 on `port`, and /readyz too (the sandbox's other demo accounts are ready)."""
-    for target in (SIGN_TARGET, "/readyz"):
+    """Until /v1/signature answers 200 on `port`, for the demo platform's last authorizer too (the sandbox
+    authorizes them once the port answers, one after the other), and then /readyz (every demo account is ready)."""
+    for target in (SIGN_TARGET, f"{SIGN_TARGET}&app={DEMO_AUTHORIZERS[-1]}", "/readyz"):
         await wait_answering(process, f"http://127.0.0.1:{port}{target}", seconds=30.0)
 
 
